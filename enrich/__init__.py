@@ -1,0 +1,1 @@
+"""Streaming IoT enrichment engine: the pure domain core (no Kafka, Redis or HTTP imports)."""

@@ -1,0 +1,72 @@
+"""One settings object for every worker and command, read from the environment (prefix ``ENRICH_``).
+
+Defaults point at the native local stack on loopback, so nothing needs configuring to try it.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlparse
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+CDC_TABLES: tuple[str, ...] = ("carinfo", "deviceinfo", "reservation")
+
+
+class Settings(BaseSettings):
+    """Configuration of the engine. Every field can be set as ``ENRICH_<FIELD>`` (case-insensitive)."""
+
+    model_config = SettingsConfigDict(env_prefix="ENRICH_", env_file=".env", extra="ignore")
+
+    # Kafka
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers (host:port,...)")
+    kafka_controller_port: int = Field(9093, description="KRaft controller port of the native stack")
+    topic_telemetry: str = "telemetry"
+    topic_cdc_prefix: str = Field("cdc.fleet.", description="CDC topics are <prefix><table>")
+    topic_enriched: str = "enriched"
+    topic_outliers: str = "outliers"
+    topic_dlq: str = Field("dlq", description="Dead-letter topic for input that cannot be processed")
+    telemetry_partitions: int = Field(4, ge=1, description="Partitions of the telemetry topic")
+    cdc_partitions: int = Field(2, ge=1, description="Partitions of each (compacted) CDC topic")
+    stream_partitions: int = Field(4, ge=1, description="Partitions of enriched/outliers/dlq topics")
+
+    # Redis
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL for snapshot and state")
+
+    # Native stack
+    state_dir: Path = Field(Path(".stack"), description="Data, logs and pid files of the native stack")
+    kafka_heap: str = Field("1g", description="JVM heap of the native Kafka broker")
+
+    # Notifications
+    smtp_host: str = "127.0.0.1"
+    smtp_port: int = 1025
+    smtp_from: str = "fleet-alerts@localhost"
+
+    # HTTP API and metrics
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    metrics_port: int = Field(9464, description="Prometheus metrics port of a flow worker (0 = off)")
+
+    def cdc_topic(self, table: str) -> str:
+        return f"{self.topic_cdc_prefix}{table}"
+
+    @property
+    def cdc_topics(self) -> dict[str, str]:
+        return {table: self.cdc_topic(table) for table in CDC_TABLES}
+
+    @property
+    def kafka_port(self) -> int:
+        first = self.kafka_bootstrap.split(",")[0]
+        return int(first.rsplit(":", 1)[1])
+
+    @property
+    def redis_port(self) -> int:
+        return urlparse(self.redis_url).port or 6379
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings (read once)."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""Bytewax dataflows: wiring only; the logic lives in enrich/."""

@@ -1,0 +1,1 @@
+"""Fleet simulator: believable vehicle telemetry and CDC with injected outliers and ground truth."""

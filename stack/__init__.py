@@ -1,0 +1,1 @@
+"""Native local stack: a real Apache Kafka broker (KRaft) and Redis, started without Docker."""

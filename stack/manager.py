@@ -1,0 +1,96 @@
+"""``enrich stack up | down | status``: the native local stack (Kafka + Redis) on loopback."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import redis
+
+from enrich.settings import Settings
+from stack.errors import StackError
+from stack.kafka import KafkaBroker
+from stack.procs import wait_until
+from stack.redis_server import RedisServer
+from stack.topics import broker_ready, create_topics, topic_specs
+
+
+@dataclass(frozen=True, slots=True)
+class ComponentStatus:
+    name: str
+    pid: int | None
+    ready: bool
+    address: str
+
+
+class Stack:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        root = settings.state_dir.resolve()
+        self.kafka = KafkaBroker(
+            root / "kafka",
+            port=settings.kafka_port,
+            controller_port=settings.kafka_controller_port,
+            heap=settings.kafka_heap,
+        )
+        self.redis = RedisServer(root / "redis", port=settings.redis_port)
+
+    def redis_ready(self) -> bool:
+        client = redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    def up(self, *, timeout: float = 120.0, log: bool = True) -> dict[str, float]:
+        """Install what is missing, start what is not running, wait until ready, create topics.
+
+        Returns the seconds spent per step. Idempotent: running components are left alone.
+        """
+        timings: dict[str, float] = {}
+        t0 = time.monotonic()
+        self.kafka.install()
+        timings["install"] = time.monotonic() - t0
+        t1 = time.monotonic()
+        self.redis.start()
+        self.kafka.start()
+        if not wait_until(self.redis_ready, timeout):
+            raise StackError(f"Redis did not answer PING on {self.settings.redis_url} within {timeout:.0f}s")
+        if not wait_until(self._kafka_ready_or_dead, timeout, interval=0.25):
+            raise StackError(f"Kafka did not answer metadata within {timeout:.0f}s\n{self.kafka.log_tail()}")
+        if self.kafka.process.pid() is None:
+            raise StackError(f"Kafka exited during start-up\n{self.kafka.log_tail()}")
+        timings["start"] = time.monotonic() - t1
+        t2 = time.monotonic()
+        create_topics(self.settings.kafka_bootstrap, topic_specs(self.settings))
+        timings["topics"] = time.monotonic() - t2
+        timings["total"] = time.monotonic() - t0
+        return timings
+
+    def _kafka_ready_or_dead(self) -> bool:
+        if self.kafka.process.pid() is None:
+            return True  # exited: stop waiting, up() reports it
+        return broker_ready(self.settings.kafka_bootstrap)
+
+    def down(self) -> list[str]:
+        """Stop the processes this stack started (pid files). Returns the names stopped."""
+        stopped = []
+        for name, proc in (("kafka", self.kafka.process), ("redis", self.redis.process)):
+            if proc.stop():
+                stopped.append(name)
+        return stopped
+
+    def status(self) -> list[ComponentStatus]:
+        kpid = self.kafka.process.pid()
+        rpid = self.redis.process.pid()
+        return [
+            ComponentStatus(
+                "kafka",
+                kpid,
+                broker_ready(self.settings.kafka_bootstrap, timeout=1.0),
+                self.settings.kafka_bootstrap,
+            ),
+            ComponentStatus("redis", rpid, self.redis_ready(), self.settings.redis_url),
+        ]

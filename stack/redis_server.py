@@ -1,0 +1,70 @@
+"""Debian's ``redis-server`` on loopback with AOF on, data under ``<state>/redis``."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from stack.errors import StackError
+from stack.procs import Managed
+
+
+def find_redis_server() -> str | None:
+    return shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+    )
+
+
+def install_redis_server() -> str:
+    """Install Debian's redis-server when missing (needs root and apt). Returns its path."""
+    found = find_redis_server()
+    if found:
+        return found
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise StackError("redis-server is not installed: run `sudo apt-get install -y redis-server`")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (
+        ["apt-get", "update", "-q"],
+        ["apt-get", "install", "-y", "-q", "--no-install-recommends", "redis-server"],
+    ):
+        result = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+        if result.returncode != 0:
+            raise StackError(f"{' '.join(cmd)} failed:\n{(result.stdout + result.stderr)[-2000:]}")
+    # Debian starts a system service on install; we run our own instance on the configured port.
+    found = find_redis_server()
+    if not found:
+        raise StackError("redis-server still missing after apt-get install")
+    return found
+
+
+class RedisServer:
+    def __init__(self, root: Path, *, port: int) -> None:
+        self.root = root.resolve()
+        self.port = port
+        self.config = self.root / "redis.conf"
+        self.process = Managed("redis", self.root / "redis.pid", str(self.root))
+
+    def write_config(self) -> None:
+        (self.root / "data").mkdir(parents=True, exist_ok=True)
+        self.config.write_text(
+            "bind 127.0.0.1 -::1\n"
+            "protected-mode yes\n"
+            f"port {self.port}\n"
+            "daemonize no\n"
+            f"dir {self.root / 'data'}\n"
+            f"logfile {self.root / 'redis.log'}\n"
+            "appendonly yes\n"
+            "appendfsync everysec\n"
+            "save 900 1\n"
+            "maxmemory-policy noeviction\n"
+        )
+
+    def start(self) -> bool:
+        if self.process.pid() is not None:
+            return False
+        binary = install_redis_server()
+        self.write_config()
+        self.process.start([binary, str(self.config)], log_file=self.root / "stdout.log", cwd=self.root)
+        return True
