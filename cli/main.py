@@ -128,13 +128,32 @@ def simulate(
     report = sim.run(progress if sys.stdout.isatty() else None)
     console.print(
         f"sent {report.events} telemetry events in {report.wall_s:.2f}s: "
-        f"achieved {report.rate_achieved:,.0f} events/s ({100 * report.rate_achieved / rate:.1f}% of {rate:,.0f} requested); "
+        f"achieved {report.rate_achieved:,.0f} events/s "
+        f"({100 * report.rate_achieved / rate:.1f}% of {rate:,.0f} requested); "
         f"{report.cdc_messages} CDC messages; delivery errors {report.delivery_errors}; "
         f"ground truth: {report.ground_truth}",
         highlight=False,
     )
     if report.delivery_errors:
         raise typer.Exit(1)
+
+
+@app.command("demo")
+def demo(
+    vehicles: Annotated[int, typer.Option(min=10)] = 500,
+    rate: Annotated[float, typer.Option(min=1)] = 2000.0,
+    duration: Annotated[float, typer.Option(min=1)] = 15.0,
+) -> None:
+    """Start the local stack if needed, run the fleet simulator with every scenario, show the data flowing."""
+    from cli.demo import run_demo
+    from stack.manager import Stack
+
+    settings = get_settings()
+    timings = Stack(settings).up()
+    console.print(
+        f"stack ready ({timings['total']:.1f}s): kafka {settings.kafka_bootstrap}, redis {settings.redis_url}"
+    )
+    run_demo(settings, console, vehicles=vehicles, rate=rate, duration=duration)
 
 
 def main() -> None:

@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     # Native stack
     state_dir: Path = Field(Path(".stack"), description="Data, logs and pid files of the native stack")
     kafka_heap: str = Field("1g", description="JVM heap of the native Kafka broker")
+    kafka_lib_dir: Path | None = Field(
+        None, description="Where Maven puts the Kafka jars (default <state_dir>/kafka/lib)"
+    )
 
     # Notifications
     smtp_host: str = "127.0.0.1"

@@ -24,12 +24,14 @@ POM_NAME = "pom.xml"
 class KafkaBroker:
     """Install, format, start and stop one broker whose files live under ``root``."""
 
-    def __init__(self, root: Path, *, port: int, controller_port: int, heap: str = "1g") -> None:
+    def __init__(
+        self, root: Path, *, port: int, controller_port: int, heap: str = "1g", lib: Path | None = None
+    ) -> None:
         self.root = root.resolve()
         self.port = port
         self.controller_port = controller_port
         self.heap = heap
-        self.lib = self.root / "lib"
+        self.lib = (lib or self.root / "lib").resolve()
         self.data = self.root / "data"
         self.logs = self.root / "logs"
         self.config = self.root / "server.properties"
@@ -58,7 +60,8 @@ class KafkaBroker:
         if shutil.which("java") is None:
             raise StackError("java is not on PATH: Kafka needs Java 17 or newer")
         self.root.mkdir(parents=True, exist_ok=True)
-        pom = self.root / "pom.xml"
+        self.lib.parent.mkdir(parents=True, exist_ok=True)
+        pom = self.lib.parent / "pom.xml"
         pom.write_text(self.pom_text())
         if self.lib.exists():
             shutil.rmtree(self.lib)

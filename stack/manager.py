@@ -32,6 +32,7 @@ class Stack:
             port=settings.kafka_port,
             controller_port=settings.kafka_controller_port,
             heap=settings.kafka_heap,
+            lib=settings.kafka_lib_dir,
         )
         self.redis = RedisServer(root / "redis", port=settings.redis_port)
 

@@ -1,0 +1,91 @@
+"""Service fixtures. Integration tests take Kafka/Redis addresses from the environment
+(``ENRICH_KAFKA_BOOTSTRAP`` / ``ENRICH_REDIS_URL``); where they are unset and a Docker engine answers,
+testcontainers starts them; otherwise the tests skip with the reason — unless ``ENRICH_REQUIRE_SERVICES=1``
+(set by CI and scripts/test), which turns a missing service into a failure so nothing is skipped silently.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from enrich.settings import Settings
+
+
+def _docker_available() -> bool:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=3)
+        client.ping()
+        return True
+    except Exception:
+        return False
+
+
+def _missing(what: str) -> None:
+    reason = (
+        f"{what} not configured (set ENRICH_KAFKA_BOOTSTRAP / ENRICH_REDIS_URL, "
+        "e.g. after `enrich stack up`) "
+        "and no Docker engine answers for testcontainers"
+    )
+    if os.environ.get("ENRICH_REQUIRE_SERVICES") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    env = os.environ.get("ENRICH_KAFKA_BOOTSTRAP")
+    if env:
+        yield env
+        return
+    if not _docker_available():
+        _missing("Kafka")
+    from testcontainers.kafka import KafkaContainer
+
+    with KafkaContainer("apache/kafka:4.1.1").with_kraft() as container:
+        yield container.get_bootstrap_server()
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    env = os.environ.get("ENRICH_REDIS_URL")
+    if env:
+        yield env
+        return
+    if not _docker_available():
+        _missing("Redis")
+    from testcontainers.redis import RedisContainer
+
+    with RedisContainer("redis:7-alpine").with_command("redis-server --appendonly yes") as container:
+        host = container.get_container_host_ip()
+        port = container.get_exposed_port(6379)
+        yield f"redis://{host}:{port}/0"
+
+
+@pytest.fixture
+def unique() -> Callable[[str], str]:
+    """Unique names per test (topics, key prefixes), so tests never see each other's data."""
+    token = uuid.uuid4().hex[:8]
+    return lambda name: f"t{token}.{name}"
+
+
+@pytest.fixture
+def isolated_settings(kafka_bootstrap: str, redis_url: str, unique: Callable[[str], str]) -> Settings:
+    """Settings whose topics are unique to this test (create them with stack.topics.create_topics)."""
+    return Settings(
+        kafka_bootstrap=kafka_bootstrap,
+        redis_url=redis_url,
+        topic_telemetry=unique("telemetry"),
+        topic_cdc_prefix=unique("cdc."),
+        topic_enriched=unique("enriched"),
+        topic_outliers=unique("outliers"),
+        topic_dlq=unique("dlq"),
+        telemetry_partitions=2,
+        cdc_partitions=1,
+        stream_partitions=2,
+    )
