@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cli.flows import flow_app, snapshot_app
 from enrich.settings import get_settings
 from simulator.scenarios import SCENARIOS
 
@@ -18,6 +19,8 @@ stack_app = typer.Typer(help="The native local stack: a real Kafka broker (KRaft
 topics_app = typer.Typer(help="Kafka topics of the engine.")
 app.add_typer(stack_app, name="stack")
 app.add_typer(topics_app, name="topics")
+app.add_typer(flow_app, name="flow")
+app.add_typer(snapshot_app, name="snapshot")
 console = Console(soft_wrap=True)
 
 
@@ -158,3 +161,7 @@ def demo(
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

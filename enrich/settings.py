@@ -42,6 +42,19 @@ class Settings(BaseSettings):
         None, description="Where Maven puts the Kafka jars (default <state_dir>/kafka/lib)"
     )
 
+    # Snapshot store
+    tables_file: Path | None = Field(
+        None, description="YAML of CDC tables (default: carinfo, deviceinfo, reservation)"
+    )
+    snapshot_prefix: str = Field("snap:", description="Redis key prefix of the snapshot store")
+    snapshot_tombstone_ttl_s: int = Field(7 * 86400, description="How long a delete keeps its position")
+
+    # Flows
+    recovery_partitions: int = Field(
+        4, ge=1, description="bytewax recovery partitions (fixed at first start)"
+    )
+    snapshot_interval_s: float = Field(5.0, gt=0, description="bytewax snapshot (epoch) interval")
+
     # Notifications
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 1025

@@ -1,0 +1,17 @@
+"""Prometheus metrics of the flows (served by `enrich flow ... --metrics-port`)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+RECORDS_IN = Counter("enrich_records_in_total", "Messages read from Kafka", ["flow"])
+CONSUME_ERRORS = Counter("enrich_consume_errors_total", "Kafka consume errors (logged, not fatal)", ["topic"])
+DEAD_LETTERS = Counter("enrich_dead_letters_total", "Messages sent to the dead-letter topic", ["stage"])
+CDC_CHANGES = Counter("enrich_cdc_changes_total", "CDC changes by outcome", ["outcome"])
+CDC_SKIPPED = Counter("enrich_cdc_skipped_total", "CDC messages that are not row changes", ["kind"])
+BATCH_SECONDS = Histogram(
+    "enrich_batch_seconds",
+    "Time to process and write one micro-batch",
+    ["flow"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
