@@ -54,11 +54,15 @@ class Skipped:
     detail: str
 
 
+_POS_FORMATS = {n: "%s" + ".".join(["%020d"] * n) for n in (1, 2, 3)}
+
+
 def _pos(kind: str, *parts: int) -> str:
-    return kind + ".".join(f"{p:020d}" for p in parts)
+    return _POS_FORMATS[len(parts)] % (kind, *parts)
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_CONTROL = re.compile(r"[\x00-\x1f]")
 _BINLOG_NUM = re.compile(r"(\d+)$")
 _DMS_POS = re.compile(r"^([0-9A-Fa-f]+)/([0-9A-Fa-f]+)(?:\.(\d+))?$")
 
@@ -83,7 +87,7 @@ def _pk(spec: TableSpec, row: Any, path: str) -> str:
     if not isinstance(row, dict):
         raise CdcError("row missing", reason="missing_key", field_path=path)
     value = row.get(spec.primary_key)
-    if value is None or isinstance(value, dict | list):
+    if value is None or isinstance(value, dict | list) or _CONTROL.search(str(value)):
         raise CdcError(
             f"primary key {spec.primary_key!r} missing",
             reason="missing_key",

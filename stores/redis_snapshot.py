@@ -2,15 +2,19 @@
 
 Layout (``prefix`` defaults to ``snap:``):
 
-* ``snap:<table>:<pk>`` hash: ``p`` position, ``r`` row JSON (absent when deleted), ``d`` = 1 on a delete
-  tombstone (which expires after the retention window), ``f:<col>`` foreign-key values;
+* ``snap:<table>:<pk>`` string ``position US op US fks US row`` (US = 0x1F): ``op`` is ``u`` or ``d`` (a
+  delete tombstone, which expires after the retention window), ``fks`` the foreign-key values as
+  ``col RS value RS col RS value`` (RS = 0x1E), ``row`` the row JSON (empty on a tombstone). One string per
+  row keeps each write to a single GET and SET in the script;
 * ``snap:trunc:<table>``: position of the table's last truncate (rows at or before it are gone);
 * ``snap:active:<table>:<parent>``: primary key of the parent's active row (e.g. the car's reservation);
 * ``snap:changes`` stream: one entry per applied batch, field ``c`` = ``table<TAB>pk<TAB>position`` lines —
   the change feed enrichment workers use to invalidate their caches.
 
-The scripts touch keys they compute themselves, so they need a single Redis instance (or one hash slot);
-on Redis Cluster the layout would need hash tags per car — not done yet.
+A batch travels as one packed argument (changes separated by RS, fields by US; JSON never contains raw
+control characters and the normaliser rejects keys that do). Within a batch only the newest change per
+row is sent. The scripts touch keys they compute themselves, so they need a single Redis instance (or one
+hash slot); on Redis Cluster the layout would need hash tags per car — not done yet.
 """
 
 from __future__ import annotations
@@ -25,24 +29,47 @@ from enrich.cdc import Change, parent_of
 from enrich.snapshot import ApplyResult, Merged, StoredRow, join_plan
 from enrich.tables import TableSpec
 
-_FIELDS_PER_CHANGE = 8
 _OPS = {"upsert": "u", "delete": "d", "truncate": "t"}
-SEP_FIELD = "\x1f"
-SEP_ITEM = "\x1e"
+US = "\x1f"
+RS = "\x1e"
 
-APPLY_LUA = r"""
-local prefix, ttl, maxlen, n = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4])
+_SPLIT_LUA = r"""
+local function split(str, sep)
+  local out, p = {}, 1
+  while true do
+    local q = string.find(str, sep, p, true)
+    if not q then out[#out + 1] = string.sub(str, p); return out end
+    out[#out + 1] = string.sub(str, p, q - 1)
+    p = q + 1
+  end
+end
+local function decode(v)
+  -- position, op, fks (table col -> value), row
+  if not v then return nil end
+  local f = split(v, '\31')
+  local fks = {}
+  if f[3] ~= '' then
+    local kv = split(f[3], '\30')
+    for i = 1, #kv, 2 do fks[kv[i]] = kv[i + 1] end
+  end
+  return f[1], f[2], fks, f[4]
+end
 local truncs = {}
-local function floor_of(t)
+local function floor_of(prefix, t)
   if truncs[t] == nil then truncs[t] = redis.call('GET', prefix .. 'trunc:' .. t) or '' end
   return truncs[t]
 end
+"""
+
+APPLY_LUA = (
+    _SPLIT_LUA
+    + r"""
+local prefix, ttl, maxlen = ARGV[1], tonumber(ARGV[2]), ARGV[3]
 local flags, feed = {}, {}
-for i = 0, n - 1 do
-  local b = 5 + i * 8
-  local t, pk, op, pos, row, fks, act, per =
-    ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5], ARGV[b + 6], ARGV[b + 7]
-  local floor = floor_of(t)
+for _, rec in ipairs(split(ARGV[4], '\30')) do
+  local f = split(rec, '\31')
+  local t, pk, op, pos, row, fks, act, per = f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8]
+  local floor = floor_of(prefix, t)
   local ok = false
   if op == 't' then
     if pos > floor then
@@ -52,35 +79,24 @@ for i = 0, n - 1 do
     end
   else
     local key = prefix .. t .. ':' .. pk
-    local cur = redis.call('HMGET', key, 'p', 'f:' .. per)
-    local curpos = cur[1]
-    if curpos and curpos <= floor then curpos = false end
+    local curpos, _, curfks = decode(redis.call('GET', key))
+    if curpos and curpos <= floor then curpos = nil end
     if pos > floor and ((not curpos) or pos > curpos) then
-      local args = {key, 'p', pos}
-      local newfk = {}
-      if fks ~= '' then
-        for item in string.gmatch(fks, '[^\30]+') do
-          local col, val = string.match(item, '^([^\31]*)\31(.*)$')
-          newfk[col] = val
-          args[#args + 1] = 'f:' .. col
-          args[#args + 1] = val
-        end
-      end
-      redis.call('DEL', key)
+      local value = pos .. '\31' .. op .. '\31' .. string.gsub(fks, '\29', '\30') .. '\31' .. row
       if op == 'u' then
-        args[#args + 1] = 'r'
-        args[#args + 1] = row
-        redis.call('HSET', unpack(args))
+        redis.call('SET', key, value)
       else
-        args[#args + 1] = 'd'
-        args[#args + 1] = '1'
-        redis.call('HSET', unpack(args))
-        redis.call('EXPIRE', key, ttl)
+        redis.call('SET', key, value, 'EX', ttl)
       end
       if act ~= '' then
+        local newfk = {}
+        if fks ~= '' then
+          local kv = split(fks, '\29')
+          for i = 1, #kv, 2 do newfk[kv[i]] = kv[i + 1] end
+        end
         local parents = {}
-        if curpos and cur[2] then parents[#parents + 1] = cur[2] end
-        if newfk[per] then parents[#parents + 1] = newfk[per] end
+        if curpos and curfks[per] then parents[#parents + 1] = curfks[per] end
+        if newfk[per] and newfk[per] ~= parents[1] then parents[#parents + 1] = newfk[per] end
         for _, parent in ipairs(parents) do
           local ak = prefix .. 'active:' .. t .. ':' .. parent
           if redis.call('GET', ak) == pk then redis.call('DEL', ak) end
@@ -104,50 +120,50 @@ if #feed > 0 then
 end
 return table.concat(flags)
 """
+)
 
-LOOKUP_LUA = r"""
+LOOKUP_LUA = (
+    _SPLIT_LUA
+    + r"""
 local prefix, root, plan = ARGV[1], ARGV[2], ARGV[3]
-local truncs = {}
-local function floor_of(t)
-  if truncs[t] == nil then truncs[t] = redis.call('GET', prefix .. 'trunc:' .. t) or '' end
-  return truncs[t]
-end
 local steps = {}
-for item in string.gmatch(plan, '[^\30]+') do
-  local col, ref, actives = string.match(item, '^([^\31]*)\31([^\31]*)\31(.*)$')
-  local acts = {}
-  for a in string.gmatch(actives, '[^,]+') do acts[#acts + 1] = a end
-  steps[#steps + 1] = {col, ref, acts}
-end
-local fields = {'p', 'r'}
-for _, s in ipairs(steps) do fields[#fields + 1] = 'f:' .. s[1] end
-local out = {}
-local function push(v, t)
-  if v and v[1] and v[2] and v[1] > floor_of(t) then
-    out[#out + 1] = v[2]; out[#out + 1] = v[1]
-  else
-    out[#out + 1] = ''; out[#out + 1] = ''
+if plan ~= '' then
+  for _, item in ipairs(split(plan, '\30')) do
+    local p = split(item, '\31')
+    local acts = {}
+    if p[3] ~= '' then acts = split(p[3], ',') end
+    steps[#steps + 1] = {p[1], p[2], acts}
   end
 end
+local out = {}
+local function live(t, pk)
+  -- position, row, fks of a live row, or nil
+  if not pk then return nil end
+  local pos, op, fks, row = decode(redis.call('GET', prefix .. t .. ':' .. pk))
+  if (not pos) or op ~= 'u' or pos <= floor_of(prefix, t) then return nil end
+  return pos, row, fks
+end
+local function push(pos, row)
+  out[#out + 1] = row or ''
+  out[#out + 1] = pos or ''
+end
 for i = 4, #ARGV do
-  local v = redis.call('HMGET', prefix .. root .. ':' .. ARGV[i], unpack(fields))
-  local alive = v[1] and v[2] and v[1] > floor_of(root)
-  push(v, root)
-  for j, s in ipairs(steps) do
-    local parent = alive and v[2 + j] or nil
-    if parent then
-      push(redis.call('HMGET', prefix .. s[2] .. ':' .. parent, 'p', 'r'), s[2])
-    else
-      push(nil, s[2])
-    end
+  local pos, row, fks = live(root, ARGV[i])
+  push(pos, row)
+  for _, s in ipairs(steps) do
+    local parent = pos and fks[s[1]] or nil
+    local rpos, rrow = live(s[2], parent)
+    push(rpos, rrow)
     for _, a in ipairs(s[3]) do
       local apk = parent and redis.call('GET', prefix .. 'active:' .. a .. ':' .. parent) or nil
-      if apk then push(redis.call('HMGET', prefix .. a .. ':' .. apk, 'p', 'r'), a) else push(nil, a) end
+      local apos, arow = live(a, apk or nil)
+      push(apos, arow)
     end
   end
 end
 return out
 """
+)
 
 
 class RedisSnapshotStore:
@@ -176,25 +192,32 @@ class RedisSnapshotStore:
     def feed_key(self) -> str:
         return f"{self.prefix}changes"
 
-    def _args(self, ch: Change) -> list[str]:
+    def _pack(self, ch: Change) -> str:
         spec = self.tables[ch.table]
-        fks = parent_of(spec, ch.row)
-        packed = SEP_ITEM.join(f"{c}{SEP_FIELD}{v}" for c, v in fks.items())
+        # Within the record US and RS separate; foreign keys use GS (0x1D) here, RS once stored.
+        fks = "\x1d".join(f"{c}\x1d{v}" for c, v in parent_of(spec, ch.row).items())
         act, per = "", ""
         if spec.active is not None:
             per = spec.active.per
             act = "1" if ch.row is not None and ch.op == "upsert" and spec.active.is_active(ch.row) else "0"
         row = orjson.dumps(ch.row).decode() if ch.op == "upsert" else ""
-        return [ch.table, ch.pk, _OPS[ch.op], ch.position, row, packed, act, per]
+        return US.join((ch.table, ch.pk, _OPS[ch.op], ch.position, row, fks, act, per))
 
     def apply(self, changes: Sequence[Change]) -> ApplyResult:
         result = ApplyResult()
-        for start in range(0, len(changes), self.chunk):
-            part = changes[start : start + self.chunk]
-            argv: list[Any] = [self.prefix, self.tombstone_ttl_s, self.feed_maxlen, len(part)]
-            for ch in part:
-                argv.extend(self._args(ch))
-            flags = self._apply(args=argv)
+        # Only the newest change per row matters; older ones in the same batch would be ignored anyway.
+        newest: dict[tuple[str, str], Change] = {}
+        for ch in changes:
+            key = (ch.table, ch.pk)
+            seen = newest.get(key)
+            if seen is None or ch.position > seen.position:
+                newest[key] = ch
+        result.stale += len(changes) - len(newest)
+        todo = list(newest.values())
+        for start in range(0, len(todo), self.chunk):
+            part = todo[start : start + self.chunk]
+            packed = RS.join(self._pack(ch) for ch in part)
+            flags = self._apply(args=[self.prefix, self.tombstone_ttl_s, self.feed_maxlen, packed])
             flags = flags.decode() if isinstance(flags, bytes) else str(flags)
             for ch, flag in zip(part, flags, strict=True):
                 if flag == "1":
@@ -205,12 +228,14 @@ class RedisSnapshotStore:
         return result
 
     def get(self, table: str, pk: str) -> StoredRow | None:
-        values: list[bytes | None] = self.client.hmget(f"{self.prefix}{table}:{pk}", "p", "r")  # type: ignore[assignment]
-        pos, row = values
+        raw: bytes | None = self.client.get(f"{self.prefix}{table}:{pk}")  # type: ignore[assignment]
         floor: bytes = self.client.get(f"{self.prefix}trunc:{table}") or b""  # type: ignore[assignment]
-        if pos is None or pos <= floor:
+        if raw is None:
             return None
-        return StoredRow(orjson.loads(row) if row is not None else None, pos.decode())
+        pos, op, _fks, row = raw.split(b"\x1f", 3)
+        if pos <= floor:
+            return None
+        return StoredRow(orjson.loads(row) if op == b"u" else None, pos.decode())
 
     def rows(self, table: str) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
@@ -227,7 +252,7 @@ class RedisSnapshotStore:
         if not keys:
             return {}
         plan = join_plan(self.tables, table)
-        packed = SEP_ITEM.join(f"{col}{SEP_FIELD}{ref}{SEP_FIELD}{','.join(acts)}" for col, ref, acts in plan)
+        packed = RS.join(US.join((col, ref, ",".join(acts))) for col, ref, acts in plan)
         order = [table]
         for _col, ref, acts in plan:
             order.append(ref)

@@ -18,10 +18,10 @@ from confluent_kafka import Producer
 from enrich.settings import Settings
 from enrich.tables import DEFAULT_TABLES
 from simulator.cdc import CdcEncoder
+from simulator.workload import make_workload
 from stack.procs import wait_until
 from stack.topics import create_topics, topic_specs
 from stores.redis_snapshot import RedisSnapshotStore
-from tests.cdc_workload import make_workload
 from tests.integration.flow_proc import start_flow
 from tests.kafka_util import consume_all
 

@@ -1,5 +1,6 @@
-"""A CDC workload with known outcome: random inserts/updates/deletes, redeliveries and stale reorders,
-plus the snapshot it must produce, computed straight from the source rows (not through any store)."""
+"""A CDC workload with a known outcome (tests, benchmarks): random inserts/updates/deletes,
+redeliveries and stale reorders, plus the snapshot it must produce, computed straight from the source
+rows (not through any store)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,60 @@
+"""Shared helpers of the benchmarks: isolated topics, producing, and a results line."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+from confluent_kafka import Producer
+
+from enrich.settings import Settings
+from stack.topics import create_topics, topic_specs
+
+
+def bench_settings(**overrides: object) -> Settings:
+    """Settings with topics and key prefixes unique to this run (created on the broker)."""
+    token = f"b{uuid.uuid4().hex[:6]}"
+    base = Settings()
+    s = base.model_copy(
+        update={
+            "topic_telemetry": f"{token}.telemetry",
+            "topic_cdc_prefix": f"{token}.cdc.",
+            "topic_enriched": f"{token}.enriched",
+            "topic_outliers": f"{token}.outliers",
+            "topic_dlq": f"{token}.dlq",
+            "snapshot_prefix": f"{token}:snap:",
+            "state_dir": base.state_dir,
+            **overrides,
+        }
+    )
+    create_topics(s.kafka_bootstrap, topic_specs(s))
+    return s
+
+
+def produce_all(bootstrap: str, messages: list[tuple[str, bytes | None, bytes | None]]) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 10, "batch.size": 1_000_000})
+    for topic, key, value in messages:
+        while True:
+            try:
+                producer.produce(topic, value, key)
+                break
+            except BufferError:
+                producer.poll(0.05)
+    if producer.flush(60):
+        raise RuntimeError("produce did not complete")
+
+
+def env_for(s: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        ENRICH_KAFKA_BOOTSTRAP=s.kafka_bootstrap,
+        ENRICH_REDIS_URL=s.redis_url,
+        ENRICH_TOPIC_TELEMETRY=s.topic_telemetry,
+        ENRICH_TOPIC_CDC_PREFIX=s.topic_cdc_prefix,
+        ENRICH_TOPIC_ENRICHED=s.topic_enriched,
+        ENRICH_TOPIC_OUTLIERS=s.topic_outliers,
+        ENRICH_TOPIC_DLQ=s.topic_dlq,
+        ENRICH_SNAPSHOT_PREFIX=s.snapshot_prefix,
+        ENRICH_METRICS_PORT="0",
+    )
+    return env
