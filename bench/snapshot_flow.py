@@ -14,6 +14,7 @@ import argparse
 import subprocess
 import sys
 import time
+from typing import Any
 
 import redis
 
@@ -47,13 +48,15 @@ def main() -> None:
         raise SystemExit(1)
     client = redis.Redis.from_url(s.redis_url)
     feed = f"{s.snapshot_prefix}changes"
-    first = client.xrange(feed, count=1)[0][0].decode()
-    last = client.xrevrange(feed, count=1)[0][0].decode()
+    head: Any = client.xrange(feed, count=1)
+    tail: Any = client.xrevrange(feed, count=1)
+    first, last = head[0][0].decode(), tail[0][0].decode()
     span = (int(last.split("-")[0]) - int(first.split("-")[0])) / 1000
     store = RedisSnapshotStore(client, DEFAULT_TABLES, prefix=s.snapshot_prefix)
     ok = all(store.rows(t) == wl.truth[t] for t in DEFAULT_TABLES)
     print(
-        f"snapshot flow ({args.format}): {n:,} CDC messages in {wall:.2f}s wall = {n / wall:,.0f}/s incl. start-up; "
+        f"snapshot flow ({args.format}): {n:,} CDC messages in {wall:.2f}s wall = "
+        f"{n / wall:,.0f}/s incl. start-up; "
         f"processing span {span:.2f}s = {n / max(span, 1e-3):,.0f} changes/s; snapshot equals source: {ok}"
     )
     keys = list(client.scan_iter(match=f"{s.snapshot_prefix}*", count=5000))

@@ -99,6 +99,26 @@ def flow_snapshot(
     run(flow, _run_options(settings, "snapshot", recovery_dir, no_recovery, process_id, addresses))
 
 
+@flow_app.command("enrich")
+def flow_enrich(
+    recovery_dir: RecoveryDir = None,
+    process_id: ProcessId = None,
+    addresses: Addresses = None,
+    no_recovery: NoRecovery = False,
+    until_eof: UntilEof = False,
+    metrics_port: MetricsPort = None,
+) -> None:
+    """Telemetry → join with the snapshot → enriched topic, latest vehicle state in Redis, Parquet history."""
+    from flows.enrichment import build_flow
+    from flows.runner import run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    _serve_metrics(settings, metrics_port)
+    flow = build_flow(settings, tail=not until_eof)
+    run(flow, _run_options(settings, "enrich", recovery_dir, no_recovery, process_id, addresses))
+
+
 @snapshot_app.command("get")
 def snapshot_get(
     kind: Annotated[str, typer.Argument(help="device | car | reservation (or a table name)")],

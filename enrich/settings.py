@@ -55,6 +55,15 @@ class Settings(BaseSettings):
     )
     snapshot_interval_s: float = Field(5.0, gt=0, description="bytewax snapshot (epoch) interval")
 
+    # Enrichment
+    join_max_wait_ms: int = Field(2000, description="How long an event waits for a missing snapshot row")
+    join_retry_ms: int = Field(200, description="Retry interval of buffered join misses")
+    join_max_pending: int = Field(20_000, description="Buffered join misses per partition before emitting")
+    state_prefix: str = Field("state:", description="Redis key prefix of the latest vehicle state")
+    history_dir: Path | None = Field(None, description="Parquet history root (default <state_dir>/history)")
+    history_segment: int = Field(20_000, description="Offsets per Parquet segment file")
+    history_flush_s: float = Field(30.0, description="Write an open Parquet segment at least this often")
+
     # Notifications
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 1025

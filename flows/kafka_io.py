@@ -12,7 +12,7 @@ of each batch, so a batch is durable before its epoch can close).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -128,19 +128,24 @@ class KafkaBatchSource(FixedPartitionedSource[list[Record], int]):
         return _BatchPartition(config, topic, int(idx), offset, self.batch_size, self.tail)
 
 
-class DeadLetterProducer:
-    """Writes dead letters to the DLQ topic; ``flush`` raises if any was not delivered."""
+class KafkaWriter:
+    """A producer for one topic; ``flush`` raises if anything sent since the last flush was not delivered."""
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, topic: str, **config: Any) -> None:
         self.topic = topic
         self._failed: list[str] = []
         self._producer = Producer(
             {
                 "bootstrap.servers": bootstrap,
                 "enable.idempotence": True,
-                "linger.ms": 5,
+                "linger.ms": 2,
+                "compression.type": "lz4",
+                "batch.size": 1_000_000,
+                "queue.buffering.max.messages": 1_000_000,
+                "partitioner": "murmur2_random",
                 "delivery.report.only.error": True,
                 "on_delivery": self._on_delivery,
+                **config,
             }
         )
 
@@ -148,21 +153,29 @@ class DeadLetterProducer:
         if err is not None:
             self._failed.append(str(err))
 
-    def send(self, items: list[tuple[bytes | None, bytes]], stage: str) -> None:
+    def send(self, items: Sequence[tuple[bytes | None, bytes]]) -> None:
+        produce = self._producer.produce
+        topic = self.topic
         for key, value in items:
-            while True:
-                try:
-                    self._producer.produce(self.topic, value, key)
-                    break
-                except BufferError:
-                    self._producer.poll(0.05)
-        if items:
-            metrics.DEAD_LETTERS.labels(stage).inc(len(items))
+            try:
+                produce(topic, value, key)
+            except BufferError:
+                self._producer.poll(0.05)
+                produce(topic, value, key)
 
     def flush(self) -> None:
         remaining = self._producer.flush(30)
         if remaining or self._failed:
             failed, self._failed = self._failed, []
             raise RuntimeError(
-                f"dead letters not delivered to {self.topic}: {remaining} pending, errors {failed[:3]}"
+                f"messages not delivered to {self.topic}: {remaining} pending, errors {failed[:3]}"
             )
+
+
+class DeadLetterProducer(KafkaWriter):
+    """Writes dead letters to the DLQ topic and counts them per stage."""
+
+    def send_letters(self, items: list[tuple[bytes | None, bytes]], stage: str) -> None:
+        self.send(items)
+        if items:
+            metrics.DEAD_LETTERS.labels(stage).inc(len(items))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 RECORDS_IN = Counter("enrich_records_in_total", "Messages read from Kafka", ["flow"])
 CONSUME_ERRORS = Counter("enrich_consume_errors_total", "Kafka consume errors (logged, not fatal)", ["topic"])
@@ -15,3 +15,8 @@ BATCH_SECONDS = Histogram(
     ["flow"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
+EVENTS_OUT = Counter("enrich_events_out_total", "Enriched events written")
+JOIN_MISSES = Counter("enrich_join_misses_total", "Events emitted without a full snapshot record", ["status"])
+JOIN_RETRIED = Counter("enrich_join_retried_total", "Buffered join misses resolved by a retry")
+PENDING = Gauge("enrich_join_pending", "Events waiting for a snapshot row in this process")
+STATE_WRITES = Counter("enrich_state_writes_total", "Vehicle state documents written to Redis")

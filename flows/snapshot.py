@@ -34,7 +34,7 @@ class _SnapshotPartition(StatelessSinkPartition[CdcBatch]):
         start = time.perf_counter()
         changes = [ch for batch in items for ch in batch.changes]
         for batch in items:
-            self.dlq.send(batch.dead, "cdc.normalise")
+            self.dlq.send_letters(batch.dead, "cdc.normalise")
             for kind, n in batch.skipped.items():
                 if n:
                     metrics.CDC_SKIPPED.labels(kind).inc(n)

@@ -181,7 +181,7 @@ class Simulation:
                 continue
             owed = min(owed, burst_cap)
             t_ms = self.start_ms + int(elapsed * self.time_scale * 1000)
-            while cdc_due <= elapsed * cdc_rate:
+            while cdc_rate > 0 and cdc_due <= elapsed * cdc_rate:
                 cdc_due += 1
                 self.random_change(producer, t_ms)
             if self._devices_changed:

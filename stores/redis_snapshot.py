@@ -8,8 +8,9 @@ Layout (``prefix`` defaults to ``snap:``):
   row keeps each write to a single GET and SET in the script;
 * ``snap:trunc:<table>``: position of the table's last truncate (rows at or before it are gone);
 * ``snap:active:<table>:<parent>``: primary key of the parent's active row (e.g. the car's reservation);
-* ``snap:changes`` stream: one entry per applied batch, field ``c`` = ``table<TAB>pk<TAB>position`` lines —
-  the change feed enrichment workers use to invalidate their caches.
+* ``snap:changes`` stream: one entry per applied batch, field ``c`` = ``table<TAB>pk<TAB>position<TAB>fks``
+  lines (fks = ``col GS value GS ...``, GS = 0x1D) — the change feed enrichment workers use to invalidate
+  their caches.
 
 A batch travels as one packed argument (changes separated by RS, fields by US; JSON never contains raw
 control characters and the normaliser rejects keys that do). Within a batch only the newest change per
@@ -110,7 +111,7 @@ for _, rec in ipairs(split(ARGV[4], '\30')) do
   end
   if ok then
     flags[#flags + 1] = '1'
-    feed[#feed + 1] = t .. '\t' .. pk .. '\t' .. pos
+    feed[#feed + 1] = t .. '\t' .. pk .. '\t' .. pos .. '\t' .. fks
   else
     flags[#flags + 1] = '0'
   end

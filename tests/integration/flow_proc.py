@@ -21,9 +21,13 @@ def flow_env(settings: Settings, **extra: str) -> dict[str, str]:
         ENRICH_TOPIC_OUTLIERS=settings.topic_outliers,
         ENRICH_TOPIC_DLQ=settings.topic_dlq,
         ENRICH_SNAPSHOT_PREFIX=settings.snapshot_prefix,
+        ENRICH_STATE_PREFIX=settings.state_prefix,
+        ENRICH_JOIN_MAX_WAIT_MS=str(settings.join_max_wait_ms),
         ENRICH_METRICS_PORT="0",
         ENRICH_SNAPSHOT_INTERVAL_S="1",
     )
+    if settings.history_dir is not None:
+        env["ENRICH_HISTORY_DIR"] = str(settings.history_dir)
     env.update(extra)
     return env
 

@@ -1,0 +1,246 @@
+"""Telemetry enrichment flow: decode → join with the snapshot → enriched topic, latest state, Parquet.
+
+Wiring (all logic lives in enrich/, I/O in stores/ and flows/kafka_io):
+
+1. ``KafkaBatchSource`` emits one item per poll: a batch of records of one telemetry partition.
+2. ``join`` — keyed by partition, stateful: decodes, looks the devices up (per-process cache + one Lua call
+   for the misses), buffers events whose device or car is not in the snapshot yet (bounded by time and
+   count, retried on a timer), and folds events into one update per car. Its state (the pending misses)
+   are in bytewax recovery snapshots, so nothing buffered is lost on a crash.
+3. ``latest`` — keyed by car: merges the car's updates into the vehicle state (per signal, the newer event
+   wins) and emits it once per batch; the sink writes all states of a batch in one Redis MSET.
+4. Sinks: enriched events (key = car id) and dead letters to Kafka, flushed per batch; Parquet files of the
+   raw and enriched events (stores/parquet_history: replays never duplicate rows).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
+
+import bytewax.operators as op
+import orjson
+import redis
+from bytewax.dataflow import Dataflow
+from bytewax.operators import StatefulLogic
+from bytewax.outputs import DynamicSink, StatelessSinkPartition
+
+from enrich.deadletter import dead_letter
+from enrich.errors import DecodeError
+from enrich.join import CarUpdate, car_id_of, enriched_event, join_status, merge_state
+from enrich.records import Record
+from enrich.settings import Settings
+from enrich.tables import load_tables
+from enrich.telemetry import Telemetry, decode_telemetry
+from flows import metrics
+from flows.kafka_io import DeadLetterProducer, KafkaBatchSource, KafkaWriter
+from stores.parquet_history import EnrichedRow, HistoryWriter, RawRow
+from stores.redis_snapshot import RedisSnapshotStore
+from stores.snapshot_cache import CachedSnapshot
+
+
+@dataclass(slots=True)
+class Pending:
+    record: Record
+    tel: Telemetry
+    first_seen_ms: int
+    attempts: int = 0
+
+
+@dataclass(slots=True)
+class PartitionState:
+    pending: list[Pending] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class JoinOut:
+    topic: str = ""
+    partition: int = -1
+    enriched: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    dead: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    cars: dict[int, CarUpdate] = field(default_factory=dict)
+    raw_rows: list[RawRow] = field(default_factory=list)
+    enriched_rows: list[EnrichedRow] = field(default_factory=list)
+
+
+class _Context:
+    """Per-process resources of the join step (created lazily, never pickled into state)."""
+
+    _instances: ClassVar[dict[int, _Context]] = {}
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        client = redis.Redis.from_url(settings.redis_url)
+        store = RedisSnapshotStore(client, load_tables(settings.tables_file), prefix=settings.snapshot_prefix)
+        self.snapshot = CachedSnapshot(store)
+
+    @classmethod
+    def get(cls, settings: Settings) -> _Context:
+        ctx = cls._instances.get(id(settings))
+        if ctx is None:
+            ctx = cls._instances[id(settings)] = _Context(settings)
+        return ctx
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class JoinLogic(StatefulLogic[list[Record], JoinOut, PartitionState]):
+    def __init__(self, settings: Settings, resume: PartitionState | None) -> None:
+        self.settings = settings
+        self.ctx = _Context.get(settings)
+        self.state = resume or PartitionState()
+
+    # -- bytewax hooks ---------------------------------------------------------------------------------
+    def on_item(self, value: list[Record]) -> tuple[list[JoinOut], bool]:
+        return [self._process(value, _now_ms())], StatefulLogic.RETAIN
+
+    def on_notify(self) -> tuple[list[JoinOut], bool]:
+        return [self._process([], _now_ms())], StatefulLogic.RETAIN
+
+    def on_eof(self) -> tuple[list[JoinOut], bool]:
+        return [self._process([], _now_ms(), final=True)], StatefulLogic.RETAIN
+
+    def notify_at(self) -> datetime | None:
+        if not self.state.pending:
+            return None
+        return datetime.now(UTC) + timedelta(milliseconds=self.settings.join_retry_ms)
+
+    def snapshot(self) -> PartitionState:
+        return self.state
+
+    # -- the work --------------------------------------------------------------------------------------
+    def _process(self, records: list[Record], now: int, *, final: bool = False) -> JoinOut:
+        out = JoinOut()
+        s = self.settings
+        decoded: list[Pending] = []
+        raw_rows = out.raw_rows
+        for rec in records:
+            try:
+                decoded.append(Pending(rec, decode_telemetry(rec.value), now))
+            except DecodeError as exc:
+                out.dead.append(
+                    dead_letter(exc, stage="telemetry.decode", source=rec.ref(), value=rec.value, now_ms=now)
+                )
+            raw_rows.append((rec.offset, rec.timestamp or 0, rec.key, rec.value))
+        metrics.RECORDS_IN.labels("enrich").inc(len(records))
+        candidates = self.state.pending + decoded
+        if candidates:
+            out.topic, out.partition = candidates[0].record.topic, candidates[0].record.partition
+        elif records:
+            out.topic, out.partition = records[0].topic, records[0].partition
+        if not candidates:
+            return out
+        merged = self.ctx.snapshot.lookup({p.tel.device_id for p in candidates})
+        still: list[Pending] = []
+        waiting_devices: set[str] = set()
+        for p in candidates:
+            m = merged.get(p.tel.device_id)
+            status = join_status(m)
+            if status != "ok" or p.tel.device_id in waiting_devices:
+                expired = now - p.first_seen_ms >= s.join_max_wait_ms or final
+                if not expired and len(still) < s.join_max_pending:
+                    p.attempts += 1
+                    still.append(p)
+                    waiting_devices.add(p.tel.device_id)  # keep the device's later events behind it
+                    continue
+                metrics.JOIN_MISSES.labels(status).inc()
+            self._emit(p, m, now, out)
+        if len(still) < len(self.state.pending):
+            metrics.JOIN_RETRIED.inc(len(self.state.pending) - len(still))
+        self.state.pending = still
+        metrics.PENDING.set(len(still))
+        return out
+
+    def _emit(self, p: Pending, m: Any, now: int, out: JoinOut) -> None:
+        event = enriched_event(p.tel, m, attempts=p.attempts, now_ms=now)
+        body = orjson.dumps(event)
+        car = car_id_of(m)
+        key = str(car).encode() if car is not None else p.tel.device_id.encode()
+        out.enriched.append((key, body))
+        if car is not None:
+            upd = out.cars.get(car)
+            if upd is None:
+                upd = out.cars[car] = CarUpdate(car)
+            upd.add(p.tel, m)
+        out.enriched_rows.append(
+            (p.record.offset, event["event_id"], car, p.tel.ts, event["enrichment"]["status"], body.decode())
+        )
+
+
+def _latest(settings: Settings) -> Any:
+    def mapper(state: dict[str, Any] | None, upd: CarUpdate) -> tuple[dict[str, Any], bytes]:
+        new = merge_state(state, upd, _now_ms())
+        return new, orjson.dumps(new)
+
+    return mapper
+
+
+class _StatePartition(StatelessSinkPartition[tuple[str, bytes]]):
+    def __init__(self, settings: Settings) -> None:
+        self.client = redis.Redis.from_url(settings.redis_url)
+        self.prefix = settings.state_prefix
+
+    def write_batch(self, items: list[tuple[str, bytes]]) -> None:
+        latest: dict[str, bytes] = {}
+        for car, body in items:
+            latest[f"{self.prefix}car:{car}"] = body  # coalesce: one write per vehicle per batch
+        if latest:
+            self.client.mset(latest)
+            metrics.STATE_WRITES.inc(len(latest))
+
+
+class StateSink(DynamicSink[tuple[str, bytes]]):
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _StatePartition:
+        return _StatePartition(self.settings)
+
+
+class _OutPartition(StatelessSinkPartition[JoinOut]):
+    def __init__(self, settings: Settings) -> None:
+        self.enriched = KafkaWriter(settings.kafka_bootstrap, settings.topic_enriched)
+        self.dlq = DeadLetterProducer(settings.kafka_bootstrap, settings.topic_dlq)
+        self.history = HistoryWriter(settings.history_dir or settings.state_dir / "history")
+
+    def write_batch(self, items: list[JoinOut]) -> None:
+        start = time.perf_counter()
+        n = 0
+        for out in items:
+            self.enriched.send(out.enriched)
+            self.dlq.send_letters(out.dead, "telemetry.decode")
+            n += len(out.enriched)
+            if out.partition >= 0:
+                self.history.write(out.topic, out.partition, out.raw_rows, out.enriched_rows)
+        self.enriched.flush()
+        self.dlq.flush()
+        metrics.EVENTS_OUT.inc(n)
+        metrics.BATCH_SECONDS.labels("enrich").observe(time.perf_counter() - start)
+
+
+class OutSink(DynamicSink[JoinOut]):
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _OutPartition:
+        return _OutPartition(self.settings)
+
+
+def build_flow(settings: Settings, *, tail: bool = True, batch_size: int = 5000) -> Dataflow:
+    flow = Dataflow("telemetry_enrichment")
+    src = KafkaBatchSource(
+        settings.kafka_bootstrap, [settings.topic_telemetry], batch_size=batch_size, tail=tail
+    )
+    batches = op.input("telemetry_in", flow, src)
+    keyed = op.key_on("by_partition", batches, lambda b: f"{b[0].topic}-{b[0].partition}")
+    joined = op.stateful("join", keyed, lambda resume: JoinLogic(settings, resume))
+    outs = op.map("drop_key", joined, lambda kv: kv[1])
+    op.output("enriched_out", outs, OutSink(settings))
+    updates = op.flat_map("car_updates", outs, lambda o: [(str(car), upd) for car, upd in o.cars.items()])
+    states = op.stateful_map("latest", updates, _latest(settings))
+    op.output("state_out", states, StateSink(settings))
+    return flow
