@@ -122,19 +122,33 @@ def decode_telemetry(value: bytes | None) -> Telemetry:
     raw = doc.get("signals")
     if type(raw) is not dict:
         raise DecodeError("signals must be an object", reason="schema_error", field_path="signals")
-    flat: dict[str, Any] = {}
-    for key, item in raw.items():
-        if type(item) is dict:
-            if key != "Vehicle":
-                raise DecodeError(
-                    "nested signals start at Vehicle", reason="schema_error", field_path=f"signals.{key}"
-                )
-            _flatten(item, key, flat)
-        elif key.startswith("Vehicle."):
-            flat[key] = item
-        else:
+    if "Vehicle" in raw:
+        flat: dict[str, Any] = {}
+        for key, item in raw.items():
+            if type(item) is dict:
+                if key != "Vehicle":
+                    raise DecodeError(
+                        "nested signals start at Vehicle", reason="schema_error", field_path=f"signals.{key}"
+                    )
+                _flatten(item, key, flat)
+            else:
+                flat[key] = item
+    else:
+        flat = raw
+    for path, v in flat.items():
+        if not path.startswith("Vehicle."):
             raise DecodeError(
-                "signal paths start with Vehicle.", reason="schema_error", field_path=f"signals.{key}"
+                "signal paths start with Vehicle.", reason="schema_error", field_path=f"signals.{path}"
             )
-    signals = {path: _coerce(path, v) for path, v in flat.items()}
-    return Telemetry(device, ts, seq, signals)
+        t = type(v)
+        # Fast path: numbers where numbers belong and booleans where booleans belong need no work.
+        if t is float or t is int:
+            if path not in BOOL_SIGNALS and path not in STRING_SIGNALS:
+                continue
+        elif t is bool:
+            if path not in FLOAT_SIGNALS:
+                continue
+        elif t is str and path not in FLOAT_SIGNALS and path not in BOOL_SIGNALS:
+            continue
+        flat[path] = _coerce(path, v)
+    return Telemetry(device, ts, seq, flat)

@@ -106,7 +106,10 @@ class HistoryWriter:
         self, kind: str, topic: str, partition: int, rows: list[tuple[object, ...]], hour_ms: int
     ) -> Path | None:
         index = self._index(kind, topic, partition)
-        new = [r for r in rows if r[0] not in index]  # type: ignore[operator]
+        if index.ends and min(rows)[0] <= index.ends[-1]:  # type: ignore[operator]
+            new = [r for r in rows if r[0] not in index]  # type: ignore[operator]
+        else:
+            new = rows  # the usual case: everything is past what is on disk
         if not new:
             return None
         offsets = [int(r[0]) for r in new]  # type: ignore[call-overload]
