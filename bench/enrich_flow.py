@@ -23,7 +23,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from bench.common import bench_settings, env_for
 from enrich.settings import Settings
@@ -101,6 +101,20 @@ def topic_span(s: Settings, topic: str) -> tuple[int, float]:
     return n, ((hi or 0) - (lo or 0)) / 1000
 
 
+def _total(consumer: Consumer, topic: str) -> int:
+    """Messages in ``topic`` (retried while a new topic's partitions have no leader yet)."""
+    for _ in range(50):
+        md = consumer.list_topics(topic, timeout=10)
+        try:
+            return sum(
+                consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in md.topics[topic].partitions
+            )
+        except KafkaException:
+            time.sleep(0.2)
+    raise RuntimeError(f"no watermarks for {topic}")
+
+
 def latency(s: Settings, env: dict[str, str], rate: float, seconds: float, tmp: Path) -> list[float]:
     procs = []
     for name in ("snapshot", "enrich"):
@@ -112,7 +126,16 @@ def latency(s: Settings, env: dict[str, str], rate: float, seconds: float, tmp: 
             {"bootstrap.servers": s.kafka_bootstrap, "group.id": f"bench-{uuid.uuid4().hex}",
              "enable.auto.commit": False, "fetch.wait.max.ms": 5}
         )  # fmt: skip
-        # start reading at the current end, so only the steady-state run is measured
+        # Warm up (flows started, caches filled), wait until the flows have caught up, then read from the
+        # end: only the steady state is measured.
+        warm = SimConfig(
+            vehicles=2000, rate=rate, duration=2, cdc_rate=1, seed=7, ground_truth=tmp / "warm.json"
+        )
+        Simulation(warm, s).run()
+        backlog = _total(consumer, s.topic_telemetry)
+        deadline = time.time() + 120
+        while _total(consumer, s.topic_enriched) < backlog and time.time() < deadline:
+            time.sleep(0.2)
         md = consumer.list_topics(s.topic_enriched, timeout=10)
         ends = []
         for p in md.topics[s.topic_enriched].partitions:
@@ -130,9 +153,8 @@ def latency(s: Settings, env: dict[str, str], rate: float, seconds: float, tmp: 
 
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
-        time.sleep(3)  # flows start up
         sent_before = time.time()
-        cfg = SimConfig(vehicles=2000, rate=rate, duration=seconds, cdc_rate=1, seed=7,
+        cfg = SimConfig(vehicles=2000, rate=rate, duration=seconds, cdc_rate=1, seed=8,
                         ground_truth=tmp / "lat-gt.json")  # fmt: skip
         Simulation(cfg, s).run()
         deadline = time.time() + 20
@@ -205,7 +227,11 @@ def main() -> None:
           f"(wall incl. start-up {report.events / wall:,.0f}/s)")  # fmt: skip
     print(f"ratio enrichment / passthrough: {flow_rate / base:.2f}")
     if not args.skip_latency:
-        lat = latency(s, env, args.latency_rate, args.latency_seconds, tmp)
+        # fresh topics and keys, so the latency run has no backlog to work through
+        ls = bench_settings(state_prefix=f"b{uuid.uuid4().hex[:6]}:state:", history_dir=tmp / "history-lat")
+        lenv = env_for(ls)
+        lenv.update(ENRICH_STATE_PREFIX=ls.state_prefix, ENRICH_HISTORY_DIR=str(tmp / "history-lat"))
+        lat = latency(ls, lenv, args.latency_rate, args.latency_seconds, tmp)
         if lat:
 
             def pct(p: float) -> float:

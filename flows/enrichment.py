@@ -25,7 +25,7 @@ import orjson
 import redis
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulLogic
-from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from bytewax.outputs import DynamicSink, FixedPartitionedSink, StatefulSinkPartition, StatelessSinkPartition
 
 from enrich.deadletter import dead_letter
 from enrich.errors import DecodeError
@@ -175,7 +175,7 @@ class JoinLogic(StatefulLogic[list[Record], JoinOut, PartitionState]):
         )
 
 
-STATE_BUCKETS = 64
+STATE_BUCKETS = 16
 
 
 class LatestLogic(StatefulLogic[dict[int, CarUpdate], tuple[int, bytes], dict[int, bytes]]):
@@ -235,32 +235,69 @@ class StateSink(DynamicSink[tuple[str, tuple[int, bytes]]]):
         return _StatePartition(self.settings)
 
 
-class _OutPartition(StatelessSinkPartition[JoinOut]):
+OUT_PARTITIONS = 16
+
+
+class _OutPartition(StatefulSinkPartition[JoinOut, None]):
+    """Enriched events and dead letters go to Kafka as they come (no waiting per batch); Parquet rows are
+    buffered. Both are made durable in ``snapshot()``, which bytewax calls at the end of every epoch before
+    it commits the input offsets — so nothing acknowledged can be lost — and, without recovery, at least
+    every ``history_flush_s``."""
+
     def __init__(self, settings: Settings) -> None:
         self.enriched = KafkaWriter(settings.kafka_bootstrap, settings.topic_enriched)
         self.dlq = DeadLetterProducer(settings.kafka_bootstrap, settings.topic_dlq)
         self.history = HistoryWriter(settings.history_dir or settings.state_dir / "history")
+        self.flush_s = settings.history_flush_s
+        self.max_rows = 100_000
+        self._raw: dict[tuple[str, int], list[RawRow]] = {}
+        self._rows: dict[tuple[str, int], list[EnrichedRow]] = {}
+        self._buffered = 0
+        self._last_flush = time.monotonic()
 
-    def write_batch(self, items: list[JoinOut]) -> None:
-        start = time.perf_counter()
+    def write_batch(self, values: list[JoinOut]) -> None:
         n = 0
-        for out in items:
+        for out in values:
             self.enriched.send(out.enriched)
             self.dlq.send_letters(out.dead, "telemetry.decode")
             n += len(out.enriched)
             if out.partition >= 0:
-                self.history.write(out.topic, out.partition, out.raw_rows, out.enriched_rows)
+                key = (out.topic, out.partition)
+                self._raw.setdefault(key, []).extend(out.raw_rows)
+                self._rows.setdefault(key, []).extend(out.enriched_rows)
+                self._buffered += len(out.raw_rows) + len(out.enriched_rows)
+        self.enriched.poll()
+        metrics.EVENTS_OUT.inc(n)
+        if self._buffered >= self.max_rows or time.monotonic() - self._last_flush >= self.flush_s:
+            self._flush()
+
+    def _flush(self) -> None:
+        start = time.perf_counter()
         self.enriched.flush()
         self.dlq.flush()
-        metrics.EVENTS_OUT.inc(n)
-        metrics.BATCH_SECONDS.labels("enrich").observe(time.perf_counter() - start)
+        for key in set(self._raw) | set(self._rows):
+            self.history.write(key[0], key[1], self._raw.get(key, []), self._rows.get(key, []))
+        self._raw.clear()
+        self._rows.clear()
+        self._buffered = 0
+        self._last_flush = time.monotonic()
+        metrics.BATCH_SECONDS.labels("enrich_flush").observe(time.perf_counter() - start)
+
+    def snapshot(self) -> None:
+        self._flush()
+
+    def close(self) -> None:
+        self._flush()
 
 
-class OutSink(DynamicSink[JoinOut]):
+class OutSink(FixedPartitionedSink[JoinOut, None]):
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _OutPartition:
+    def list_parts(self) -> list[str]:
+        return [f"out-{i}" for i in range(OUT_PARTITIONS)]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _OutPartition:
         return _OutPartition(self.settings)
 
 
@@ -272,8 +309,8 @@ def build_flow(settings: Settings, *, tail: bool = True, batch_size: int = 5000)
     batches = op.input("telemetry_in", flow, src)
     keyed = op.key_on("by_partition", batches, lambda b: f"{b[0].topic}-{b[0].partition}")
     joined = op.stateful("join", keyed, lambda resume: JoinLogic(settings, resume))
+    op.output("enriched_out", joined, OutSink(settings))
     outs = op.map("drop_key", joined, lambda kv: kv[1])
-    op.output("enriched_out", outs, OutSink(settings))
     updates = op.flat_map("car_updates", outs, _by_bucket)
     states = op.stateful("latest", updates, LatestLogic)
     op.output("state_out", states, StateSink(settings))

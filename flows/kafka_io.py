@@ -12,6 +12,7 @@ of each batch, so a batch is durable before its epoch can close).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,7 +30,14 @@ IDLE_BACKOFF = timedelta(milliseconds=10)
 
 class _BatchPartition(StatefulSourcePartition[list[Record], int]):
     def __init__(
-        self, config: dict[str, Any], topic: str, partition: int, offset: int, batch_size: int, tail: bool
+        self,
+        config: dict[str, Any],
+        topic: str,
+        partition: int,
+        offset: int,
+        batch_size: int,
+        tail: bool,
+        linger_s: float = 0.005,
     ) -> None:
         self._consumer = Consumer(config)
         self._consumer.assign([TopicPartition(topic, partition, offset)])
@@ -40,12 +48,15 @@ class _BatchPartition(StatefulSourcePartition[list[Record], int]):
         self._tail = tail
         self._eof = False
         self._awake: datetime | None = None
+        self._linger_s = linger_s
+        self._held: list[Record] = []  # read but not emitted yet (not in the snapshot offset either)
+        self._held_since = 0.0
 
     def next_batch(self) -> list[list[Record]]:
-        if self._eof and not self._tail:
+        if self._eof and not self._tail and not self._held:
             raise StopIteration
-        msgs: list[Message] = self._consumer.consume(self._batch_size, 0.001)
-        batch: list[Record] = []
+        msgs: list[Message] = self._consumer.consume(self._batch_size - len(self._held), 0.001)
+        batch = self._held
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -65,12 +76,20 @@ class _BatchPartition(StatefulSourcePartition[list[Record], int]):
             offset: int = msg.offset()  # type: ignore[assignment]
             key, value = msg.key(), msg.value()
             batch.append(Record(self._topic, self._partition, offset, key, value, ts if ts_type else None))
-        if batch:
+        now = time.monotonic()
+        if batch and not self._held_since:
+            self._held_since = now
+        # Linger: at low rates wait up to linger_s for a bigger batch (per-batch costs dominate small ones).
+        full = len(batch) >= self._batch_size or now - self._held_since >= self._linger_s
+        if batch and (full or (self._eof and not self._tail)):
             self._offset = batch[-1].offset + 1
+            self._held, self._held_since = [], 0.0
             self._awake = None
             return [batch]
-        # Nothing there: let bytewax serve other partitions and come back shortly instead of spinning.
-        self._awake = datetime.now(UTC) + IDLE_BACKOFF
+        self._held = batch
+        wait = self._linger_s - (now - self._held_since) if batch else IDLE_BACKOFF.total_seconds()
+        # Let bytewax serve other partitions and come back shortly instead of spinning.
+        self._awake = datetime.now(UTC) + timedelta(seconds=max(wait, 0.0005))
         return []
 
     def next_awake(self) -> datetime | None:
@@ -162,6 +181,10 @@ class KafkaWriter:
             except BufferError:
                 self._producer.poll(0.05)
                 produce(topic, value, key)
+
+    def poll(self) -> None:
+        """Serve delivery reports without waiting."""
+        self._producer.poll(0)
 
     def flush(self) -> None:
         remaining = self._producer.flush(30)

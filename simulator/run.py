@@ -170,14 +170,16 @@ class Simulation:
         cdc_due = 0.0
         tick = 0.005
         burst_cap = max(1, int(cfg.rate * tick * 4))
+        min_burst = max(1, int(cfg.rate * tick))
         idx = 0
         start = time.perf_counter()
         last_report = start
         while sent < total:
             elapsed = time.perf_counter() - start
             owed = min(total, int(cfg.rate * elapsed) + 1) - sent
-            if owed <= 0:
-                time.sleep(min(tick, (sent + 1) / cfg.rate - elapsed))
+            if owed <= 0 or (owed < min_burst and sent + owed < total):
+                # caught up: sleep until a tick's worth of events is owed (no busy waiting at low rates)
+                time.sleep(max(0.0005, (sent + min_burst) / cfg.rate - elapsed))
                 continue
             owed = min(owed, burst_cap)
             t_ms = self.start_ms + int(elapsed * self.time_scale * 1000)
