@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import orjson
+import redis
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from rich.console import Console
 from rich.table import Table
@@ -62,9 +67,76 @@ def latest_message(settings: Settings, topic: str) -> bytes | None:
         consumer.close()
 
 
+def _start_flows(settings: Settings, log_dir: Path) -> list[subprocess.Popen[bytes]]:
+    """Start the snapshot and enrichment workers (with recovery under the state dir)."""
+    procs = []
+    log_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("snapshot", "enrich"):
+        with open(log_dir / f"flow-{name}.log", "ab") as log:
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "cli.main", "flow", name, "--metrics-port", "0"],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
+    return procs
+
+
+def _wait_caught_up(settings: Settings, console: Console, target: int, timeout: float = 120.0) -> int:
+    deadline = time.monotonic() + timeout
+    done = 0
+    while time.monotonic() < deadline:
+        done = topic_counts(settings, [settings.topic_enriched])[settings.topic_enriched]
+        if done >= target:
+            break
+        time.sleep(0.5)
+    return done
+
+
+def _show_states(settings: Settings, console: Console, truth: dict[str, Any]) -> None:
+    client = redis.Redis.from_url(settings.redis_url)
+    incident_cars = [i["car_id"] for i in truth["incidents"] if not i["control"]][:3]
+    keys = [f"{settings.state_prefix}car:{car}" for car in incident_cars]
+    table = Table("car", "model", "last seen", "km/h", "engine", "low beam", "12 V", "customer")
+    for raw in client.mget(keys):
+        if raw is None:
+            continue
+        st = orjson.loads(raw)
+        sig = {k: v["value"] for k, v in st["signals"].items()}
+        car = st["car"] or {}
+        res = st["reservation"] or {}
+        table.add_row(
+            str(st["car_id"]),
+            str(car.get("model", "?")),
+            time.strftime("%H:%M:%S", time.gmtime(st["last_seen"] / 1000)),
+            f"{sig.get('Vehicle.Speed', '?')}",
+            "on" if sig.get("Vehicle.Powertrain.CombustionEngine.IsRunning") else "off",
+            "on" if sig.get("Vehicle.Body.Lights.Beam.Low.IsOn") else "off",
+            f"{sig.get('Vehicle.LowVoltageBattery.CurrentVoltage', '?')}",
+            res.get("customer_email", "-"),
+        )
+    n_states = sum(1 for _ in client.scan_iter(match=f"{settings.state_prefix}car:*", count=1000))
+    console.rule(f"latest vehicle state in Redis ({n_states:,} vehicles; three with injected outliers)")
+    console.print(table)
+    if incident_cars:
+        key = f"{settings.state_prefix}car:{incident_cars[0]}"
+        console.print(f"  read one yourself: redis-cli GET {key}", emoji=False, markup=False, highlight=False)
+
+
 def run_demo(settings: Settings, console: Console, *, vehicles: int, rate: float, duration: float) -> None:
-    topics = [settings.topic_telemetry, *settings.cdc_topics.values(), settings.topic_enriched]
+    topics = [
+        settings.topic_telemetry,
+        *settings.cdc_topics.values(),
+        settings.topic_enriched,
+        settings.topic_dlq,
+    ]
     before = topic_counts(settings, topics)
+    console.rule("workers")
+    procs = _start_flows(settings, Path(settings.state_dir) / "logs")
+    console.print(
+        f"started the CDC snapshot flow and the enrichment flow (logs in {settings.state_dir}/logs)"
+    )
     truth = Path(settings.state_dir) / "demo-ground-truth.json"
     config = SimConfig(
         vehicles=vehicles,
@@ -85,6 +157,9 @@ def run_demo(settings: Settings, console: Console, *, vehicles: int, rate: float
         f"sent {report.events:,} telemetry events ({report.rate_achieved:,.0f}/s) "
         f"and {report.cdc_messages:,} CDC messages ({config.cdc_format})"
     )
+    target = topic_counts(settings, [settings.topic_telemetry])[settings.topic_telemetry]
+    console.print("waiting for the enrichment flow to catch up ...")
+    done = _wait_caught_up(settings, console, target)
     after = topic_counts(settings, topics)
     table = Table("topic", "messages added", "total")
     for topic in topics:
@@ -96,6 +171,20 @@ def run_demo(settings: Settings, console: Console, *, vehicles: int, rate: float
         console.rule(f"latest telemetry event ({settings.topic_telemetry}, partition 0)")
         console.print_json(sample.decode())
     doc = orjson.loads(truth.read_bytes())
+    _show_states(settings, console, doc)
+    history = Path(settings.history_dir or Path(settings.state_dir) / "history")
+    deadline = time.monotonic() + 3 * settings.snapshot_interval_s
+    files: list[Path] = []
+    while time.monotonic() < deadline and not files:  # written at the end of the next epoch
+        files = list(history.glob("*/date=*/hour=*/*.parquet"))
+        time.sleep(0.5)
+    console.print(f"Parquet history: {len(files)} files under {history} (raw and enriched, by date/hour)")
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.wait(timeout=30)
+    console.print(f"enriched {done - before.get(settings.topic_enriched, 0):,} of {report.events:,} events; "
+                  "workers stopped (the stack keeps running: `enrich stack down` stops it)")  # fmt: skip
     kinds = Counter((i["scenario"], "control" if i["control"] else "incident") for i in doc["incidents"])
     console.rule(f"ground truth ({truth})")
     for (scenario, kind), n in sorted(kinds.items()):
