@@ -55,13 +55,18 @@ class Stack:
         self.kafka.install()
         timings["install"] = time.monotonic() - t0
         t1 = time.monotonic()
-        self.redis.start()
-        self.kafka.start()
+        # A server that already answers on the configured address (started elsewhere) is used, not doubled.
+        if self.redis.process.pid() is not None or not self.redis_ready():
+            self.redis.start()
+        if self.kafka.process.pid() is not None or not broker_ready(
+            self.settings.kafka_bootstrap, timeout=1.0
+        ):
+            self.kafka.start()
         if not wait_until(self.redis_ready, timeout):
             raise StackError(f"Redis did not answer PING on {self.settings.redis_url} within {timeout:.0f}s")
         if not wait_until(self._kafka_ready_or_dead, timeout, interval=0.25):
             raise StackError(f"Kafka did not answer metadata within {timeout:.0f}s\n{self.kafka.log_tail()}")
-        if self.kafka.process.pid() is None:
+        if not broker_ready(self.settings.kafka_bootstrap):
             raise StackError(f"Kafka exited during start-up\n{self.kafka.log_tail()}")
         timings["start"] = time.monotonic() - t1
         t2 = time.monotonic()
@@ -71,9 +76,9 @@ class Stack:
         return timings
 
     def _kafka_ready_or_dead(self) -> bool:
-        if self.kafka.process.pid() is None:
-            return True  # exited: stop waiting, up() reports it
-        return broker_ready(self.settings.kafka_bootstrap)
+        if broker_ready(self.settings.kafka_bootstrap):
+            return True
+        return self.kafka.process.pid() is None  # ours exited: stop waiting, up() reports it
 
     def down(self) -> list[str]:
         """Stop the processes this stack started (pid files). Returns the names stopped."""

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
@@ -55,7 +56,49 @@ def create_topics(bootstrap: str, specs: list[TopicSpec], timeout: float = 30.0)
                 outcome[name] = "exists"
             else:
                 raise StackError(f"creating topic {name} failed: {exc}") from exc
+    wait_for_leaders(admin, [s.name for s in specs], timeout)
+    wait_for_offsets(bootstrap, [s.name for s in specs], timeout)
     return outcome
+
+
+def wait_for_offsets(bootstrap: str, topics: list[str], timeout: float) -> None:
+    """Block until every partition of ``topics`` answers an offsets request (leaders load new partitions
+    a little after the metadata names them)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "enrich-topics-probe", "log_level": 0})
+    deadline = time.monotonic() + timeout
+    try:
+        md = consumer.list_topics(timeout=timeout)
+        for topic in topics:
+            for p in md.topics[topic].partitions:
+                while True:
+                    try:
+                        consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=5)
+                        break
+                    except KafkaException:
+                        if time.monotonic() > deadline:
+                            raise StackError(f"{topic}[{p}] answers no offsets request") from None
+                        time.sleep(0.1)
+    finally:
+        consumer.close()
+
+
+def wait_for_leaders(admin: AdminClient, topics: list[str], timeout: float) -> None:
+    """Block until every partition of ``topics`` has a leader (a new topic is not usable before)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        md = admin.list_topics(timeout=timeout)
+        pending = [
+            t
+            for t in topics
+            if t not in md.topics
+            or md.topics[t].error is not None
+            or any(p.leader < 0 for p in md.topics[t].partitions.values())
+        ]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise StackError(f"topics without a leader after {timeout:.0f}s: {', '.join(pending)}")
+        time.sleep(0.1)
 
 
 def broker_ready(bootstrap: str, timeout: float = 2.0) -> bool:
