@@ -141,6 +141,53 @@ def simulate(
         raise typer.Exit(1)
 
 
+rules_app = typer.Typer(help="Outlier rules: validate a rule pack, replay recorded events through it.")
+app.add_typer(rules_app, name="rules")
+
+
+@rules_app.command("check")
+def rules_check(
+    file: Annotated[Path | None, typer.Argument(help="Rule pack (default: the built-in)")] = None,
+) -> None:
+    """Validate and compile a rule pack; errors name the line and the field."""
+    from enrich.rules.model import RuleError, load_rules
+
+    try:
+        rules = load_rules(file)
+    except RuleError as exc:
+        console.print(f"[red]{file}:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from exc
+    for rule in rules:
+        timed = " (timer)" if rule.uses_time else ""
+        line = f"ok  {rule.id:<22} for {rule.for_ms / 1000:g}s  {rule.severity:<8} {rule.summary}{timed}"
+        console.print(line, highlight=False)
+
+
+@rules_app.command("test")
+def rules_test(
+    file: Annotated[Path | None, typer.Argument(help="Rule pack (default: the built-in)")] = None,
+    events: Annotated[Path, typer.Option(help="Enriched events, one JSON document per line")] = Path(
+        "events.jsonl"
+    ),
+) -> None:
+    """Replay recorded enriched events through the rules and print the incidents."""
+    import orjson
+
+    from enrich.rules.model import load_rules
+    from enrich.rules.replay import replay
+
+    docs = [orjson.loads(line) for line in events.read_bytes().splitlines() if line.strip()]
+    outliers = replay(load_rules(file), docs)
+    table = Table("status", "rule", "car", "starts_at", "ends_at", "incident")
+    for o in outliers:
+        ends = str(o["ends_at"] or "-")
+        table.add_row(
+            o["status"], o["rule_id"], str(o["car_id"]), str(o["starts_at"]), ends, o["incident_id"]
+        )
+    console.print(table)
+    console.print(f"{len(docs)} events, {sum(o['status'] == 'firing' for o in outliers)} incidents fired")
+
+
 @app.command("demo")
 def demo(
     vehicles: Annotated[int, typer.Option(min=10)] = 500,

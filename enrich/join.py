@@ -69,6 +69,7 @@ class CarUpdate:
     devices: set[str] = field(default_factory=set)
     car: dict[str, Any] | None = None
     reservation: dict[str, Any] | None = None
+    events: list[Telemetry] = field(default_factory=list)  # in arrival order, for per-event rule evaluation
 
     def add(self, tel: Telemetry, merged: Merged | None) -> None:
         stamp = (tel.ts, tel.seq)
@@ -81,6 +82,7 @@ class CarUpdate:
             _merge_signals(self.values, self.stamps, tel.signals, full)
         self.oldest = min(self.oldest, stamp)
         self.devices.add(tel.device_id)
+        self.events.append(tel)
         if tel.ts >= self.last_seen:
             self.last_seen = tel.ts
             if merged is not None:

@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     history_segment: int = Field(20_000, description="Offsets per Parquet segment file")
     history_flush_s: float = Field(30.0, description="Write an open Parquet segment at least this often")
 
+    # Rules
+    rules_file: Path | None = Field(None, description="Outlier rule pack (YAML); default: the built-in pack")
+    rules_enabled: bool = Field(True, description="Evaluate outlier rules in the enrichment flow")
+
     # Notifications
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 1025

@@ -7,8 +7,10 @@ Wiring (all logic lives in enrich/, I/O in stores/ and flows/kafka_io):
    for the misses), buffers events whose device or car is not in the snapshot yet (bounded by time and
    count, retried on a timer), and folds events into one update per car. Its state (the pending misses)
    are in bytewax recovery snapshots, so nothing buffered is lost on a crash.
-3. ``latest`` — keyed by car bucket: merges each car's update into its vehicle state (per signal, the newer
-   event wins) and emits it once per batch; the sink writes all states of a batch in one Redis MSET.
+3. ``latest`` (flows/vehicle_state.py) — keyed by car bucket: merges each car's update into its vehicle
+   state (per signal, the newer event wins), evaluates the outlier rules on every change and on timers, and
+   emits the state (one Redis MSET per batch) and outlier events (outliers topic). Rules run in this pass:
+   no extra Kafka hop.
 4. Sinks: enriched events (key = car id) and dead letters to Kafka, flushed per batch; Parquet files of the
    raw and enriched events (stores/parquet_history: replays never duplicate rows).
 """
@@ -25,17 +27,19 @@ import orjson
 import redis
 from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulLogic
-from bytewax.outputs import DynamicSink, FixedPartitionedSink, StatefulSinkPartition, StatelessSinkPartition
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from enrich.deadletter import dead_letter
 from enrich.errors import DecodeError
-from enrich.join import CarUpdate, VehicleState, enriched_event, join_status
+from enrich.join import CarUpdate, enriched_event, join_status
 from enrich.records import Record
+from enrich.rules.model import load_rules
 from enrich.settings import Settings
 from enrich.tables import load_tables
 from enrich.telemetry import Telemetry, decode_telemetry
 from flows import metrics
 from flows.kafka_io import DeadLetterProducer, KafkaBatchSource, KafkaWriter
+from flows.vehicle_state import BucketLogic, StateSink, by_bucket
 from stores.parquet_history import EnrichedRow, HistoryWriter, RawRow
 from stores.redis_snapshot import RedisSnapshotStore
 from stores.snapshot_cache import CachedSnapshot
@@ -175,66 +179,6 @@ class JoinLogic(StatefulLogic[list[Record], JoinOut, PartitionState]):
         )
 
 
-STATE_BUCKETS = 16
-
-
-class LatestLogic(StatefulLogic[dict[int, CarUpdate], tuple[int, bytes], dict[int, bytes]]):
-    """Latest state of the cars of one bucket (cars are spread over ``STATE_BUCKETS`` keys, so bytewax
-    routes one item per bucket and batch instead of one per car). The JSON written to Redis doubles as the
-    recovery snapshot, so snapshots cost no deep copy."""
-
-    def __init__(self, resume: dict[int, bytes] | None) -> None:
-        self.states: dict[int, VehicleState] = {}
-        self.encoded: dict[int, bytes] = dict(resume or {})
-
-    def on_item(self, value: dict[int, CarUpdate]) -> tuple[list[tuple[int, bytes]], bool]:
-        now = _now_ms()
-        out = []
-        for car, upd in value.items():
-            state = self.states.get(car)
-            if state is None:
-                known = self.encoded.get(car)
-                state = VehicleState.from_document(orjson.loads(known)) if known else VehicleState(car)
-                self.states[car] = state
-            if state.merge(upd, now) or car not in self.encoded:
-                body = orjson.dumps(state.document())
-                self.encoded[car] = body
-                out.append((car, body))
-        return out, StatefulLogic.RETAIN
-
-    def snapshot(self) -> dict[int, bytes]:
-        return dict(self.encoded)
-
-
-def _by_bucket(out: JoinOut) -> list[tuple[str, dict[int, CarUpdate]]]:
-    buckets: dict[int, dict[int, CarUpdate]] = {}
-    for car, upd in out.cars.items():
-        buckets.setdefault(car % STATE_BUCKETS, {})[car] = upd
-    return [(str(b), cars) for b, cars in buckets.items()]
-
-
-class _StatePartition(StatelessSinkPartition[tuple[str, tuple[int, bytes]]]):
-    def __init__(self, settings: Settings) -> None:
-        self.client = redis.Redis.from_url(settings.redis_url)
-        self.prefix = settings.state_prefix
-
-    def write_batch(self, items: list[tuple[str, tuple[int, bytes]]]) -> None:
-        latest: dict[str, bytes] = {}
-        for _bucket, (car, body) in items:
-            latest[f"{self.prefix}car:{car}"] = body  # coalesce: one write per vehicle per batch
-        if latest:
-            self.client.mset(latest)
-            metrics.STATE_WRITES.inc(len(latest))
-
-
-class StateSink(DynamicSink[tuple[str, tuple[int, bytes]]]):
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-
-    def build(self, step_id: str, worker_index: int, worker_count: int) -> _StatePartition:
-        return _StatePartition(self.settings)
-
-
 OUT_PARTITIONS = 16
 
 
@@ -311,7 +255,8 @@ def build_flow(settings: Settings, *, tail: bool = True, batch_size: int = 5000)
     joined = op.stateful("join", keyed, lambda resume: JoinLogic(settings, resume))
     op.output("enriched_out", joined, OutSink(settings))
     outs = op.map("drop_key", joined, lambda kv: kv[1])
-    updates = op.flat_map("car_updates", outs, _by_bucket)
-    states = op.stateful("latest", updates, LatestLogic)
+    updates = op.flat_map("car_updates", outs, by_bucket)
+    rules = load_rules(settings.rules_file) if settings.rules_enabled else []
+    states = op.stateful("latest", updates, lambda resume: BucketLogic(rules, resume))
     op.output("state_out", states, StateSink(settings))
     return flow

@@ -26,6 +26,7 @@ DOORS = (
     "Vehicle.Cabin.Door.Row2.PassengerSide.IsOpen",
 )
 DOOR_OPEN_S = 8.0  # doors open right after parking and right before leaving
+RAMP_S = 40.0  # seconds to reach cruising speed / to come to a stop
 
 
 @dataclass(slots=True)
@@ -215,6 +216,9 @@ def car_values(car: Car, t_ms: int) -> Values:
         a, b = (car.home, car.away) if int(k) % 2 == 0 else (car.away, car.home)
         frac = pos / car.trip_s
         speed = 38.0 + 22.0 * _sin(pos / 47.0) + 9.0 * _sin(pos / 7.3 + car.phase_s)
+        ramp = min(pos, car.trip_s - pos) / RAMP_S  # pull away and come to a stop smoothly
+        if ramp < 1.0:
+            speed *= ramp
         return (
             round(speed if speed > 0 else 0.0, 1),
             round(a[0] + (b[0] - a[0]) * frac, 6),

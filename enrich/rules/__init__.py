@@ -1,0 +1,1 @@
+"""Outlier rules: a safe expression language, rule packs in YAML, Prometheus-style alert states."""
