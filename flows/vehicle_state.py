@@ -73,7 +73,7 @@ class Extras:
 class BucketSnapshot:
     encoded: dict[int, bytes]
     extras: dict[int, Extras]
-    alerts: dict[tuple[str, int], AlertState]
+    alerts: dict[int, dict[str, AlertState]]
     partitions: dict[str, int]
 
 
@@ -200,7 +200,7 @@ class BucketLogic(StatefulLogic[BucketInput, Out, BucketSnapshot]):
         if wm is None:
             return []
         out: list[Out] = []
-        active = {car for (_rule, car) in self.engine.states}
+        active = set(self.engine.states)
         cars = set(self.encoded) if self.timed else active
         for car in cars:
             facts = self._facts(car)

@@ -22,8 +22,9 @@ from typing import Any
 
 from enrich.errors import EnrichError
 
-Env = dict[str, Any]
+Env = Any  # what accessors read: a dict of names (default) or the engine's evaluation context
 Fn = Callable[[Env], Any]
+Resolver = Callable[[str], Callable[[Env], Any]]
 
 
 class ExprError(EnrichError):
@@ -86,18 +87,27 @@ def _dotted(node: ast.AST) -> str | None:
     return None
 
 
-def _var(name: str) -> Fn:
+def _dict_resolver(name: str) -> Callable[[Env], Any]:
+    return lambda env: env.get(name)
+
+
+def _var(name: str, resolve: Resolver) -> Fn:
+    read = resolve(name)
+
     def get(env: Env) -> Any:
-        value = env.get(name, _MISSING)
-        if value is _MISSING or value is None:
+        value = read(env)
+        if value is None:
             raise _Missing
         return value
 
     return get
 
 
-def compile_expr(source: str, known: Callable[[str], bool] | None = None) -> Compiled:
-    """Parse, check and compile ``source``. ``known(name)`` may reject unknown names (for ``rules check``)."""
+def compile_expr(
+    source: str, known: Callable[[str], bool] | None = None, resolve: Resolver = _dict_resolver
+) -> Compiled:
+    """Parse, check and compile ``source``. ``known(name)`` may reject unknown names (for ``rules check``);
+    ``resolve(name)`` gives the accessor a name reads with (default: a lookup in a dict of names)."""
     try:
         tree = ast.parse(source.strip(), mode="eval")
     except SyntaxError as exc:
@@ -108,6 +118,12 @@ def compile_expr(source: str, known: Callable[[str], bool] | None = None) -> Com
         if isinstance(node, ast.BoolOp):
             parts = [build(v) for v in node.values]
             if isinstance(node.op, ast.And):
+                if len(parts) == 2:
+                    a, b = parts
+                    return lambda env: a(env) and b(env)
+                if len(parts) == 3:
+                    a, b, c = parts
+                    return lambda env: a(env) and b(env) and c(env)
 
                 def all_of(env: Env) -> bool:
                     return all(p(env) for p in parts)
@@ -138,6 +154,10 @@ def compile_expr(source: str, known: Callable[[str], bool] | None = None) -> Com
                 raise ExprError("unsupported comparison", col=node.col_offset + 1)
             if len(pairs) == 1:
                 cmp, right = pairs[0]
+                comparator = node.comparators[0]
+                if isinstance(comparator, ast.Constant) and isinstance(comparator.value, int | float):
+                    k = comparator.value  # the common "signal < number": no closure for the constant
+                    return lambda env: cmp(left(env), k)
                 return lambda env: cmp(left(env), right(env))
 
             def chain(env: Env) -> bool:
@@ -176,7 +196,7 @@ def compile_expr(source: str, known: Callable[[str], bool] | None = None) -> Com
             if known is not None and not known(name):
                 raise ExprError(f"unknown name {name!r}", col=getattr(node, "col_offset", 0) + 1)
             names.add(name)
-            return _var(name)
+            return _var(name, resolve)
         raise ExprError(f"not allowed here: {type(node).__name__}", col=getattr(node, "col_offset", 0) + 1)
 
     fn = build(tree.body)

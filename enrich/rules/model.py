@@ -14,16 +14,9 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
 from enrich.rules.expr import Compiled, ExprError, compile_expr
+from enrich.rules.names import DERIVED, TIME_DEPENDENT, resolve
 from enrich.telemetry import BOOL_SIGNALS, FLOAT_SIGNALS, STRING_SIGNALS
 
-DERIVED = {
-    "any_door_open": "true when any cabin door is open",
-    "all_doors_closed": "true when every known door is closed",
-    "seconds_since_last_event": "event-time seconds since the quietest device of the car last reported",
-    "speed_drop_kmh": "speed lost between the car's last two speed readings (km/h, negative = gain)",
-    "speed_change_rate_kmh_s": "that change divided by the seconds between the readings (km/h per s)",
-    "engine_off_for_s": "seconds since the engine was last seen running (0 while it runs)",
-}
 ATTRIBUTE_PREFIXES = ("car.", "reservation.", "device.")
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
@@ -74,7 +67,7 @@ class Rule:
     @property
     def uses_time(self) -> bool:
         """Rules whose condition changes as event time passes (evaluated on timers, not only on events)."""
-        return bool(self.condition.names & {"seconds_since_last_event", "engine_off_for_s"})
+        return bool(self.condition.names & TIME_DEPENDENT)
 
 
 def _schema() -> dict[str, Any]:
@@ -135,7 +128,7 @@ def parse_rules(text: str) -> list[Rule]:
             raise RuleError(f"duplicate rule id {item['id']!r}", line=line, field_path=f"{i}.id")
         seen.add(item["id"])
         try:
-            condition = compile_expr(item["when"], known_name)
+            condition = compile_expr(item["when"], known_name, resolve)
         except ExprError as exc:
             col = f" (column {exc.col})" if exc.col else ""
             raise RuleError(f"{exc.args[0]}{col}", line=line, field_path=f"{i}.when") from exc

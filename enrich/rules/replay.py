@@ -51,7 +51,7 @@ def replay(
         out += engine.evaluate(f, tel.ts, wall_ms=tel.ts)
         if last_sweep is None or tel.ts - last_sweep >= sweep_every_ms:
             last_sweep = tel.ts
-            active = {c for (_r, c) in engine.states}
+            active = set(engine.states)
             for other, of in facts.items():
                 if other in active or timed:
                     out += engine.evaluate(of, max(tel.ts, of.last_seen), None if other in active else timed,
