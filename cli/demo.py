@@ -124,8 +124,53 @@ def _show_states(settings: Settings, console: Console, truth: dict[str, Any]) ->
         console.print(f"  read one yourself: redis-cli GET {key}", emoji=False, markup=False, highlight=False)
 
 
+RULE_OF = {
+    "headlights-left-on": "headlights-left-on",
+    "low-battery": "low-12v-battery",
+    "device-silent": "device-silent",
+}
+
+
+def _show_outliers(settings: Settings, console: Console, truth: dict[str, Any], since_wall_ms: int) -> None:
+    """The outlier events of this run, next to the simulator's ground truth."""
+    consumer = Consumer(
+        {"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"demo-{uuid.uuid4().hex}",
+         "auto.offset.reset": "earliest", "enable.partition.eof": True}
+    )  # fmt: skip
+    consumer.subscribe([settings.topic_outliers])
+    events: list[dict[str, Any]] = []
+    eofs, parts = 0, settings.stream_partitions
+    deadline = time.monotonic() + 15
+    while eofs < parts and time.monotonic() < deadline:
+        for msg in consumer.consume(1000, 0.5):
+            err = msg.error()
+            if err is not None:
+                eofs += err.code() == KafkaError._PARTITION_EOF
+            else:
+                events.append(orjson.loads(msg.value() or b"{}"))
+    consumer.close()
+    events = [e for e in events if e["generated_at"] >= since_wall_ms]  # this run's only
+    table = Table("rule", "car", "status", "since (event time)", "customer", "expected by ground truth")
+    expected = {(RULE_OF[i["scenario"]], i["car_id"]) for i in truth["incidents"] if i["expect_alert"]}
+    controls = {(RULE_OF[i["scenario"]], i["car_id"]) for i in truth["incidents"] if i["control"]}
+    for e in sorted(events, key=lambda e: (e["rule_id"], e["car_id"], e["status"] != "firing"))[-24:]:
+        key = (e["rule_id"], e["car_id"])
+        verdict = "yes" if key in expected else ("CONTROL - should not alert" if key in controls else "-")
+        res = e["snapshot"]["reservation"] or {}
+        table.add_row(e["rule_id"], str(e["car_id"]), e["status"],
+                      time.strftime("%H:%M:%S", time.gmtime(e["starts_at"] / 1000)),
+                      res.get("customer_email", "-"), verdict)  # fmt: skip
+    console.rule(f"outliers ({settings.topic_outliers}): {len(events)} events this run")
+    console.print(table)
+    fired = {(e["rule_id"], e["car_id"]) for e in events if e["status"] == "firing"}
+    console.print(f"ground truth: {len(expected & fired)} of {len(expected)} injected incidents fired; "
+                  f"{len(controls & fired)} of {len(controls)} control vehicles alerted")  # fmt: skip
+
+
 def run_demo(settings: Settings, console: Console, *, vehicles: int, rate: float, duration: float) -> None:
+    demo_started_ms = int(time.time() * 1000)
     topics = [
+        settings.topic_outliers,
         settings.topic_telemetry,
         *settings.cdc_topics.values(),
         settings.topic_enriched,
@@ -172,6 +217,7 @@ def run_demo(settings: Settings, console: Console, *, vehicles: int, rate: float
         console.print_json(sample.decode())
     doc = orjson.loads(truth.read_bytes())
     _show_states(settings, console, doc)
+    _show_outliers(settings, console, doc, demo_started_ms)
     history = Path(settings.history_dir or Path(settings.state_dir) / "history")
     deadline = time.monotonic() + 3 * settings.snapshot_interval_s
     files: list[Path] = []
