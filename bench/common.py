@@ -45,16 +45,5 @@ def produce_all(bootstrap: str, messages: list[tuple[str, bytes | None, bytes | 
 
 
 def env_for(s: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        ENRICH_KAFKA_BOOTSTRAP=s.kafka_bootstrap,
-        ENRICH_REDIS_URL=s.redis_url,
-        ENRICH_TOPIC_TELEMETRY=s.topic_telemetry,
-        ENRICH_TOPIC_CDC_PREFIX=s.topic_cdc_prefix,
-        ENRICH_TOPIC_ENRICHED=s.topic_enriched,
-        ENRICH_TOPIC_OUTLIERS=s.topic_outliers,
-        ENRICH_TOPIC_DLQ=s.topic_dlq,
-        ENRICH_SNAPSHOT_PREFIX=s.snapshot_prefix,
-        ENRICH_METRICS_PORT="0",
-    )
-    return env
+    """The environment of a worker subprocess configured like ``s`` (metrics off)."""
+    return {**os.environ, **s.as_env(), "ENRICH_METRICS_PORT": "0"}

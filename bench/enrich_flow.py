@@ -204,7 +204,6 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-enrich-"))
     s = bench_settings(state_prefix=f"b{uuid.uuid4().hex[:6]}:state:", history_dir=tmp / "history")
     env = env_for(s)
-    env.update(ENRICH_STATE_PREFIX=s.state_prefix, ENRICH_HISTORY_DIR=str(tmp / "history"))
     rate = 50_000.0
     cfg = SimConfig(vehicles=args.vehicles, rate=rate, duration=args.events / rate, cdc_rate=0,
                     ground_truth=tmp / "gt.json")  # fmt: skip
@@ -230,7 +229,6 @@ def main() -> None:
         # fresh topics and keys, so the latency run has no backlog to work through
         ls = bench_settings(state_prefix=f"b{uuid.uuid4().hex[:6]}:state:", history_dir=tmp / "history-lat")
         lenv = env_for(ls)
-        lenv.update(ENRICH_STATE_PREFIX=ls.state_prefix, ENRICH_HISTORY_DIR=str(tmp / "history-lat"))
         lat = latency(ls, lenv, args.latency_rate, args.latency_seconds, tmp)
         if lat:
 

@@ -12,6 +12,10 @@ import typer
 from enrich.settings import Settings, get_settings
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from bytewax.dataflow import Dataflow
+
     from flows.runner import RunOptions
     from stores.redis_snapshot import RedisSnapshotStore
 
@@ -77,6 +81,23 @@ def _serve_metrics(settings: Settings, port: int | None) -> None:
         start_http_server(chosen, addr="127.0.0.1")
 
 
+def _run_flow(
+    name: str,
+    build: Callable[[Settings], Dataflow],
+    recovery_dir: Path | None,
+    process_id: int | None,
+    addresses: str | None,
+    no_recovery: bool,
+    metrics_port: int | None,
+) -> None:
+    from flows.runner import run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = get_settings()
+    _serve_metrics(settings, metrics_port)
+    run(build(settings), _run_options(settings, name, recovery_dir, no_recovery, process_id, addresses))
+
+
 @flow_app.command("snapshot")
 def flow_snapshot(
     recovery_dir: RecoveryDir = None,
@@ -88,15 +109,13 @@ def flow_snapshot(
 ) -> None:
     """CDC topics → the merged snapshot in Redis (position-checked, never backwards)."""
     from enrich.tables import load_tables
-    from flows.runner import run
     from flows.snapshot import build_flow
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = get_settings()
-    tables = load_tables(settings.tables_file)
-    _serve_metrics(settings, metrics_port)
-    flow = build_flow(settings, tables, lambda: snapshot_store(settings), tail=not until_eof)
-    run(flow, _run_options(settings, "snapshot", recovery_dir, no_recovery, process_id, addresses))
+    def build(settings: Settings) -> Dataflow:
+        tables = load_tables(settings.tables_file)
+        return build_flow(settings, tables, lambda: snapshot_store(settings), tail=not until_eof)
+
+    _run_flow("snapshot", build, recovery_dir, process_id, addresses, no_recovery, metrics_port)
 
 
 @flow_app.command("enrich")
@@ -110,13 +129,11 @@ def flow_enrich(
 ) -> None:
     """Telemetry → join with the snapshot → enriched topic, latest vehicle state in Redis, Parquet history."""
     from flows.enrichment import build_flow
-    from flows.runner import run
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = get_settings()
-    _serve_metrics(settings, metrics_port)
-    flow = build_flow(settings, tail=not until_eof)
-    run(flow, _run_options(settings, "enrich", recovery_dir, no_recovery, process_id, addresses))
+    def build(settings: Settings) -> Dataflow:
+        return build_flow(settings, tail=not until_eof)
+
+    _run_flow("enrich", build, recovery_dir, process_id, addresses, no_recovery, metrics_port)
 
 
 @snapshot_app.command("get")

@@ -78,6 +78,14 @@ class Settings(BaseSettings):
     api_port: int = 8000
     metrics_port: int = Field(9464, description="Prometheus metrics port of a flow worker (0 = off)")
 
+    def as_env(self) -> dict[str, str]:
+        """These settings as ``ENRICH_*`` variables, to configure a worker process the same way."""
+        return {
+            f"ENRICH_{name.upper()}": str(value)
+            for name, value in self.model_dump().items()
+            if value is not None
+        }
+
     def cdc_topic(self, table: str) -> str:
         return f"{self.topic_cdc_prefix}{table}"
 
