@@ -193,6 +193,7 @@ SIGNALS = (
     "Vehicle.Chassis.Axle.Row1.Wheel.Left.Tire.Pressure",
     "Vehicle.Cabin.HVAC.AmbientAirTemperature",
 )
+_NUMERIC = (0, 1, 2, 11, 12, 13, 14)  # positions of numeric values in SIGNALS
 Values = tuple[float, float, float, bool, str, bool, bool, bool, bool, bool, bool, float, float, int, float]
 _sin = math.sin
 _exp = math.exp
@@ -292,7 +293,10 @@ def encode_signals(v: Values, encoding: str) -> dict[str, Any]:
     if encoding == "flat":
         return dict(zip(SIGNALS, v, strict=True))
     if encoding == "flat-strings":
-        return dict(zip(SIGNALS, [x if isinstance(x, (bool, str)) else str(x) for x in v], strict=True))
+        items = list(v)
+        for i in _NUMERIC:  # devices that send numbers as strings
+            items[i] = str(items[i])
+        return dict(zip(SIGNALS, items, strict=True))
     return {
         "Vehicle": {
             "Speed": v[0],

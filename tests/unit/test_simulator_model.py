@@ -10,7 +10,7 @@ import pytest
 
 from enrich.settings import Settings
 from simulator.cdc import CdcEncoder
-from simulator.model import SIGNALS, car_signals, encode_signals
+from simulator.model import SIGNALS, car_signals, car_values, encode_signals
 from simulator.run import SimConfig, Simulation
 from simulator.scenarios import HOLD_S, PARK_MARGIN_S, SCENARIOS, THRESHOLD_S, WARMUP_S
 from tests.fleet_truth import alerting_cars, derive_alerts, flatten, near_miss_cars
@@ -83,12 +83,15 @@ def test_time_scale_fits_scenarios_and_events_end_at_now() -> None:
         assert sim.start_ms < inj.starts_at < inj.ends_at < sim.start_ms + sim.span_s * 1000
 
 
-def test_encodings_carry_the_same_values() -> None:
-    values = tuple(range(len(SIGNALS)))
-    flat = encode_signals(values, "flat")  # type: ignore[arg-type]
-    assert flatten(encode_signals(values, "nested")) == flat  # type: ignore[arg-type]
-    strings = encode_signals(values, "flat-strings")  # type: ignore[arg-type]
-    assert strings == {k: str(v) for k, v in flat.items()}
+def test_encodings_carry_the_same_values(sim: Simulation) -> None:
+    car = next(iter(sim.fleet.cars.values()))
+    values = car_values(car, sim.start_ms + 1000)
+    assert len(values) == len(SIGNALS)
+    flat = encode_signals(values, "flat")
+    assert flatten(encode_signals(values, "nested")) == flat
+    strings = encode_signals(values, "flat-strings")
+    assert strings == {k: v if isinstance(v, bool | str) else str(v) for k, v in flat.items()}
+    assert any(isinstance(v, str) and v[0].isdigit() for v in strings.values())
 
 
 def test_cdc_positions_only_grow_and_deletes_get_tombstones() -> None:
