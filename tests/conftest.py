@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -75,8 +76,12 @@ def unique() -> Callable[[str], str]:
 
 
 @pytest.fixture
-def isolated_settings(kafka_bootstrap: str, redis_url: str, unique: Callable[[str], str]) -> Settings:
-    """Settings whose topics are unique to this test (create them with stack.topics.create_topics)."""
+def isolated_settings(
+    kafka_bootstrap: str, redis_url: str, unique: Callable[[str], str], tmp_path: Path
+) -> Settings:
+    """Settings whose topics, Redis key prefixes and history directory are this test's own (create the
+    topics with stack.topics.create_topics, or take ``pipeline_settings``)."""
+    token = unique("")[:-1]
     return Settings(
         kafka_bootstrap=kafka_bootstrap,
         redis_url=redis_url,
@@ -88,4 +93,16 @@ def isolated_settings(kafka_bootstrap: str, redis_url: str, unique: Callable[[st
         telemetry_partitions=2,
         cdc_partitions=1,
         stream_partitions=2,
+        snapshot_prefix=f"{token}:snap:",
+        state_prefix=f"{token}:state:",
+        history_dir=tmp_path / "history",
     )
+
+
+@pytest.fixture
+def pipeline_settings(isolated_settings: Settings) -> Settings:
+    """``isolated_settings`` with its topics created."""
+    from stack.topics import create_topics, topic_specs
+
+    create_topics(isolated_settings.kafka_bootstrap, topic_specs(isolated_settings))
+    return isolated_settings

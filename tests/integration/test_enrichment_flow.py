@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +30,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def settings(isolated_settings: Settings, tmp_path: Path) -> Settings:
-    token = uuid.uuid4().hex[:8]
-    s = isolated_settings.model_copy(
-        update={
-            "snapshot_prefix": f"t{token}:snap:",
-            "state_prefix": f"t{token}:state:",
-            "history_dir": tmp_path / "history",
-            "join_max_wait_ms": 1500,
-        }
-    )
-    create_topics(s.kafka_bootstrap, topic_specs(s))
-    return s
+def settings(pipeline_settings: Settings) -> Settings:
+    return pipeline_settings.model_copy(update={"join_max_wait_ms": 1500})
 
 
 def store_of(s: Settings) -> RedisSnapshotStore:

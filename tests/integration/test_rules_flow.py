@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,6 @@ import pytest
 from enrich.settings import Settings
 from simulator.run import SimConfig, Simulation
 from simulator.scenarios import SCENARIOS
-from stack.topics import create_topics, topic_specs
 from tests.integration.pipeline import run_to_eof
 from tests.kafka_util import consume_all
 from tests.test_schemas import Target
@@ -28,17 +26,9 @@ RULE_OF = {
 
 
 def test_scenarios_fire_and_resolve_exactly_once_and_controls_stay_quiet(
-    isolated_settings: Settings, tmp_path: Path
+    pipeline_settings: Settings, tmp_path: Path
 ) -> None:
-    token = uuid.uuid4().hex[:8]
-    s = isolated_settings.model_copy(
-        update={
-            "snapshot_prefix": f"t{token}:snap:",
-            "state_prefix": f"t{token}:state:",
-            "history_dir": tmp_path / "h",
-        }
-    )
-    create_topics(s.kafka_bootstrap, topic_specs(s))
+    s = pipeline_settings
     cfg = SimConfig(vehicles=150, rate=3000, duration=8, scenarios=list(SCENARIOS), incidents_per_scenario=2,
                     cdc_rate=2, ground_truth=tmp_path / "truth.json")  # fmt: skip
     Simulation(cfg, s).run()

@@ -5,14 +5,12 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
 
 from enrich.settings import Settings
 from simulator.run import SimConfig, Simulation
-from stack.topics import create_topics, topic_specs
 from stores.parquet_history import read_history
 from tests.integration.flow_proc import flow_env
 from tests.integration.pipeline import run_to_eof, vehicle_states
@@ -28,18 +26,9 @@ def _port() -> int:
 
 
 def test_two_processes_share_the_partitions_and_the_vehicles(
-    isolated_settings: Settings, tmp_path: Path
+    pipeline_settings: Settings, tmp_path: Path
 ) -> None:
-    token = uuid.uuid4().hex[:8]
-    s = isolated_settings.model_copy(
-        update={
-            "snapshot_prefix": f"t{token}:snap:",
-            "state_prefix": f"t{token}:state:",
-            "history_dir": tmp_path / "h",
-            "telemetry_partitions": 4,
-        }
-    )
-    create_topics(s.kafka_bootstrap, topic_specs(s))
+    s = pipeline_settings  # 2 telemetry partitions: a multiple of the 2 processes
     cfg = SimConfig(
         vehicles=120, devices_per_car=2, rate=3000, duration=3, cdc_rate=0, ground_truth=tmp_path / "gt.json"
     )
@@ -63,4 +52,4 @@ def test_two_processes_share_the_partitions_and_the_vehicles(
     assert len(states) == 120
     # A car's two devices may sit on partitions read by different processes: its state still has both.
     assert all(len(st["devices"]) == 2 for st in states.values())
-    assert read_history(tmp_path / "h", "enriched").num_rows == report.events
+    assert read_history(tmp_path / "history", "enriched").num_rows == report.events

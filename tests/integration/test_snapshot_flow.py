@@ -6,7 +6,6 @@ import base64
 import os
 import signal
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ from enrich.tables import DEFAULT_TABLES
 from simulator.cdc import CdcEncoder
 from simulator.workload import make_workload
 from stack.procs import wait_until
-from stack.topics import create_topics, topic_specs
 from stores.redis_snapshot import RedisSnapshotStore
 from tests.integration.flow_proc import start_flow
 from tests.kafka_util import consume_all
@@ -29,10 +27,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def settings(isolated_settings: Settings) -> Settings:
-    s = isolated_settings.model_copy(update={"snapshot_prefix": f"t{uuid.uuid4().hex[:8]}:snap:"})
-    create_topics(s.kafka_bootstrap, topic_specs(s))
-    return s
+def settings(pipeline_settings: Settings) -> Settings:
+    return pipeline_settings
 
 
 def produce(settings: Settings, messages: list[tuple[bytes, bytes | None, str]]) -> None:
