@@ -188,6 +188,20 @@ def rules_test(
     console.print(f"{len(docs)} events, {sum(o['status'] == 'firing' for o in outliers)} incidents fired")
 
 
+@app.command("api")
+def api(
+    host: Annotated[str | None, typer.Option(help="Bind address (default ENRICH_API_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default ENRICH_API_PORT)")] = None,
+) -> None:
+    """Serve the HTTP API: latest vehicle state and merged snapshot records."""
+    import uvicorn
+
+    from api.main import create_app
+
+    settings = get_settings()
+    uvicorn.run(create_app(settings), host=host or settings.api_host, port=port or settings.api_port)
+
+
 @app.command("demo")
 def demo(
     vehicles: Annotated[int, typer.Option(min=10)] = 500,

@@ -71,9 +71,7 @@ class Rule:
 
 
 def _schema() -> dict[str, Any]:
-    path = Path(__file__).resolve().parents[2] / "schemas" / "rules.v1.schema.json"
-    if path.exists():
-        return orjson.loads(path.read_bytes())  # type: ignore[no-any-return]
+    """schemas/rules.v1.schema.json (which links to this package's copy, so installs carry it)."""
     return orjson.loads(resources.files("enrich.rules").joinpath("rules.v1.schema.json").read_bytes())  # type: ignore[no-any-return]
 
 

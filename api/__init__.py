@@ -1,0 +1,1 @@
+"""HTTP API: the latest state of every vehicle and the merged snapshot records, read from Redis."""
