@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cli.alerts import alerts_app
 from cli.flows import flow_app, snapshot_app
 from enrich.settings import get_settings
 from simulator.scenarios import SCENARIOS
@@ -21,6 +22,7 @@ app.add_typer(stack_app, name="stack")
 app.add_typer(topics_app, name="topics")
 app.add_typer(flow_app, name="flow")
 app.add_typer(snapshot_app, name="snapshot")
+app.add_typer(alerts_app, name="alerts")
 console = Console(soft_wrap=True)
 
 

@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     rules_file: Path | None = Field(None, description="Outlier rule pack (YAML); default: the built-in pack")
     rules_enabled: bool = Field(True, description="Evaluate outlier rules in the enrichment flow")
 
+    # Alerts
+    alerts_config: Path | None = Field(None, description="Alert routing YAML (default: alerts/default.yaml)")
+    alerts_prefix: str = Field("alerts:", description="Redis key prefix of outbox, logs and silences")
+
     # Notifications
     smtp_host: str = "127.0.0.1"
     smtp_port: int = 1025

@@ -95,6 +95,7 @@ def isolated_settings(
         stream_partitions=2,
         snapshot_prefix=f"{token}:snap:",
         state_prefix=f"{token}:state:",
+        alerts_prefix=f"{token}:alerts:",
         history_dir=tmp_path / "history",
     )
 
