@@ -89,7 +89,6 @@ def silence_add(
 @silence_app.command("list")
 def silence_list() -> None:
 
-
     now = int(time.time() * 1000)
     table = Table("id", "matchers", "active", "ends", "comment")
     for s in _silences().all():

@@ -179,3 +179,56 @@ def test_worker_killed_mid_retry_delivers_exactly_once_after_restart(
     ids = {h["webhook-id"] for h, _b in rx.requests}
     assert len(ids) == 1  # every attempt, before and after the restart, is the same delivery
     assert len(rx.requests) == before + 1  # and it succeeded exactly once, not again after
+
+
+def outlier(rule: str, car: int, incident: str, status: str = "firing") -> dict[str, Any]:
+    return {"incident_id": incident, "fingerprint": f"{rule}{car}", "rule_id": rule, "status": status,
+            "severity": "warning", "car_id": car, "device_id": f"d{car}",
+            "labels": {"alertname": rule, "car_id": str(car)}, "annotations": {"summary": rule},
+            "starts_at": 1, "ends_at": None if status == "firing" else 2, "generated_at": 1,
+            "snapshot": {"car": None, "reservation": None, "signals": {}}}  # fmt: skip
+
+
+def test_grouping_inhibition_and_silences_through_the_worker(
+    pipeline_settings: Settings, tmp_path: Path, mailbox: Mailbox
+) -> None:
+    import redis
+
+    from alerts.worker import SilenceStore
+
+    s = pipeline_settings
+    rx = Receiver([])
+    cfg_path = config_file(tmp_path, rx.url, new_secret())
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["route"]["group_wait"] = "2s"
+    rule = {
+        "source_matchers": ['alertname="device-silent"'],
+        "target_matchers": ['alertname="low-12v-battery"'],
+    }
+    cfg["inhibit_rules"] = [{**rule, "equal": ["car_id"]}]
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    SilenceStore(redis.Redis.from_url(s.redis_url), s.alerts_prefix).add(
+        ['car_id="2"'], 3_600_000, comment="test"
+    )
+    producer = Producer({"bootstrap.servers": s.kafka_bootstrap})
+    for o in (
+        outlier("device-silent", 1, "ds-1"),
+        outlier("low-12v-battery", 1, "lb-1"),  # inhibited by device-silent on the same car
+        outlier("low-12v-battery", 2, "lb-2"),  # silenced
+        outlier("tyre-pressure-low", 3, "ty-3a"),  # these two are one group: one notification
+        outlier("tyre-pressure-low", 3, "ty-3b"),
+    ):
+        producer.produce(s.topic_outliers, orjson.dumps(o), str(o["car_id"]).encode())
+    assert producer.flush(10) == 0
+    worker = start_worker(s, cfg_path, mailbox.port, tmp_path / "w.log")
+    try:
+        assert wait_until(lambda: len(rx.requests) >= 2, 60), (tmp_path / "w.log").read_text()[-3000:]
+        settle = threading.Event()
+        settle.wait(3.0)  # a window in which muted alerts would have been sent
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+        rx.close()
+    bodies = [orjson.loads(b) for _h, b in rx.requests]
+    got = sorted(tuple(sorted(a["incidentId"] for a in body["alerts"])) for body in bodies)
+    assert got == [("ds-1",), ("ty-3a", "ty-3b")]
