@@ -79,7 +79,7 @@ def email_content(n: Notification) -> tuple[str, str, str]:
     alerts = [*n.firing, *n.resolved]
     names = sorted({a.labels.get("alertname", "alert") for a in alerts})
     cars = sorted({a.labels.get("car_id", "?") for a in alerts})
-    subject = f"[{status}] {', '.join(names)} — car {', '.join(cars)}"
+    subject = f"[{status}] {', '.join(names)} - car {', '.join(cars)}"
     lines, rows = [], []
     for a in alerts:
         ann = a.event.get("annotations", {})

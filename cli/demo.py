@@ -16,6 +16,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
+from cli.demo_alerts import LocalReceivers, show_deliveries, start_alerts_worker
 from enrich.settings import Settings
 from simulator.run import SimConfig, Simulation
 from simulator.scenarios import SCENARIOS
@@ -178,9 +179,15 @@ def run_demo(settings: Settings, console: Console, *, vehicles: int, rate: float
     ]
     before = topic_counts(settings, topics)
     console.rule("workers")
-    procs = _start_flows(settings, Path(settings.state_dir) / "logs")
+    log_dir = Path(settings.state_dir) / "logs"
+    procs = _start_flows(settings, log_dir)
+    receivers = LocalReceivers()
+    procs.append(start_alerts_worker(settings, receivers, log_dir))
     console.print(
-        f"started the CDC snapshot flow and the enrichment flow (logs in {settings.state_dir}/logs)"
+        f"started the CDC snapshot flow, the enrichment flow and the alerts worker (logs in {log_dir}); "
+        f"a local SMTP mailbox on 127.0.0.1:{receivers.smtp_port} and a webhook receiver at "
+        f"{receivers.hook_url}",
+        highlight=False,
     )
     truth = Path(settings.state_dir) / "demo-ground-truth.json"
     config = SimConfig(
@@ -218,6 +225,12 @@ def run_demo(settings: Settings, console: Console, *, vehicles: int, rate: float
     doc = orjson.loads(truth.read_bytes())
     _show_states(settings, console, doc)
     _show_outliers(settings, console, doc, demo_started_ms)
+    deadline = time.monotonic() + 15  # notifications leave after group_wait; give the worker a moment
+    fired = sum(1 for i in doc["incidents"] if i["expect_alert"])
+    while time.monotonic() < deadline and len(receivers.hooks) < fired:
+        time.sleep(0.5)
+    show_deliveries(console, receivers)
+    receivers.close()
     history = Path(settings.history_dir or Path(settings.state_dir) / "history")
     deadline = time.monotonic() + 3 * settings.snapshot_interval_s
     files: list[Path] = []
