@@ -99,7 +99,14 @@ class AlertsWorker:
         self.outbox = Outbox(self.client, settings.alerts_prefix)
         self.silences = SilenceStore(self.client, settings.alerts_prefix)
         self.dispatcher = Dispatcher(config, RedisNotificationLog(self.client, settings.alerts_prefix))
-        self.smtp = SmtpSettings(settings.smtp_host, settings.smtp_port, settings.smtp_from)
+        self.smtp = SmtpSettings(
+            settings.smtp_host,
+            settings.smtp_port,
+            settings.smtp_from,
+            starttls=settings.smtp_starttls,
+            username=settings.smtp_username,
+            password=settings.smtp_password,
+        )
         self.stop = threading.Event()
 
     # -- consuming and dispatching ---------------------------------------------------------------------

@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
 
 from api import queries
-from api.models import Health, SnapshotRecord, VehiclePage, VehicleState
+from api.models import Delivery, Health, SnapshotRecord, VehiclePage, VehicleState
 from enrich.settings import Settings, get_settings
 
 
@@ -87,6 +87,14 @@ def _routes(app: FastAPI) -> None:
         if merged.rows.get("deviceinfo") is None:
             raise HTTPException(404, f"device {device_id} is not in the snapshot")
         return {"rows": merged.rows, "positions": merged.positions}
+
+    @app.get("/incidents/{incident_id}/deliveries", response_model=dict[str, Delivery])
+    async def deliveries(incident_id: str, client: RedisDep, settings: SettingsDep) -> Any:
+        """The delivery log of an incident: per receiver, status, attempts, last error."""
+        log = await queries.delivery_log(client, settings, incident_id)
+        if not log:
+            raise HTTPException(404, f"no deliveries for incident {incident_id}")
+        return log
 
     @app.get("/healthz", response_model=Health)
     async def health(client: RedisDep) -> Any:

@@ -41,5 +41,14 @@ class SnapshotRecord(BaseModel):
     positions: dict[str, str | None]
 
 
+class Delivery(BaseModel):
+    status: str = Field(description="queued | retrying | delivered | dead-lettered")
+    attempts: int
+    last_error: str | None
+    http_status: int | None
+    at: int = Field(description="When this status was recorded, epoch ms")
+    job: str = Field(description="Delivery id (the webhook-id of webhook deliveries)")
+
+
 class Health(BaseModel):
     redis: bool

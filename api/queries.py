@@ -35,3 +35,8 @@ async def list_car_ids(
         ids += [int(k.decode()[len(prefix) :]) for k in keys if isinstance(k, bytes)]
         if cursor == 0 or len(ids) >= limit:
             return sorted(ids), cursor
+
+
+async def delivery_log(client: aioredis.Redis, settings: Settings, incident_id: str) -> dict[str, Any]:
+    raw: dict[Any, Any] = await client.hgetall(f"{settings.alerts_prefix}log:{incident_id}")
+    return {bytes(k).decode(): orjson.loads(v) for k, v in raw.items()}

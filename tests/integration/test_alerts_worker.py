@@ -232,3 +232,50 @@ def test_grouping_inhibition_and_silences_through_the_worker(
     bodies = [orjson.loads(b) for _h, b in rx.requests]
     got = sorted(tuple(sorted(a["incidentId"] for a in body["alerts"])) for body in bodies)
     assert got == [("ds-1",), ("ty-3a", "ty-3b")]
+
+
+def test_a_slow_receiver_does_not_stall_the_others(
+    pipeline_settings: Settings, tmp_path: Path, mailbox: Mailbox
+) -> None:
+    import time as _time
+
+    s = pipeline_settings
+    slow_seen: list[float] = []
+    fast = Receiver([])
+    gate = threading.Event()
+
+    slow = Receiver([])
+    original = slow.server.RequestHandlerClass.do_POST  # type: ignore[attr-defined]
+
+    def slow_post(handler: Any) -> None:
+        slow_seen.append(_time.monotonic())
+        gate.wait(8.0)  # hold the request until the test has seen the fast receiver's deliveries
+        original(handler)
+
+    slow.server.RequestHandlerClass.do_POST = slow_post  # type: ignore[attr-defined]
+    cfg = {
+        "route": {"receiver": "fast", "group_by": ["alertname", "car_id"], "group_wait": "0s",
+                  "group_interval": "1s", "repeat_interval": "4h",
+                  "routes": [{"receiver": "slow", "continue": True}, {"receiver": "fast"}]},
+        "receivers": [{"name": "slow", "webhook": {"url": slow.url, "timeout": "20s"}},
+                      {"name": "fast", "webhook": {"url": fast.url}}],
+        "allow_private_targets": ["127.0.0.0/8"],
+    }  # fmt: skip
+    cfg_path = tmp_path / "alerts.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    producer = Producer({"bootstrap.servers": s.kafka_bootstrap})
+    for car in (1, 2):
+        producer.produce(s.topic_outliers, orjson.dumps(outlier("tyre-pressure-low", car, f"t-{car}")), b"k")
+    assert producer.flush(10) == 0
+    worker = start_worker(s, cfg_path, mailbox.port, tmp_path / "w.log")
+    try:
+        assert wait_until(lambda: len(fast.requests) >= 2, 60), (tmp_path / "w.log").read_text()[-3000:]
+        assert slow_seen and not slow.requests  # the slow receiver is still holding its first request
+        gate.set()
+        assert wait_until(lambda: len(slow.requests) >= 2, 60)
+    finally:
+        gate.set()
+        worker.terminate()
+        worker.wait(timeout=30)
+        slow.close()
+        fast.close()

@@ -7,6 +7,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from alerts.outbox import Job, Outbox
 from api.main import create_app
 from enrich.cdc import Change
 from enrich.join import CarUpdate, merge_state
@@ -48,3 +49,8 @@ def test_vehicle_state_and_device_record(isolated_settings: Settings) -> None:
         assert record["rows"]["carinfo"] == {"car_id": 7, "fleet": "busan"}
         assert http.get("/devices/nope/record").status_code == 404
         assert http.get("/healthz").json() == {"redis": True}
+        outbox = Outbox(client, s.alerts_prefix)
+        outbox.enqueue(Job("msg_1", "ops", "webhook", {"body": "{}"}, incidents=["inc-9"]))
+        log = http.get("/incidents/inc-9/deliveries").json()
+        assert log["ops"]["status"] == "queued" and log["ops"]["job"] == "msg_1"
+        assert http.get("/incidents/nope/deliveries").status_code == 404
