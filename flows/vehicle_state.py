@@ -23,12 +23,14 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from enrich.join import CarUpdate, VehicleState
 from enrich.rules.engine import AlertState, RuleEngine, VehicleFacts
 from enrich.rules.model import Rule
+from enrich.rules.names import ATTR
 from enrich.settings import Settings
 from enrich.telemetry import Telemetry
 from flows import metrics
 from flows.kafka_io import KafkaWriter
 
 STATE_BUCKETS = 16
+_UNSET = object()
 SPEED, ENGINE = "Vehicle.Speed", "Vehicle.Powertrain.CombustionEngine.IsRunning"
 IDLE_PARTITION_S = 10.0
 SWEEP_EVERY_S = 0.25
@@ -170,13 +172,15 @@ class BucketLogic(StatefulLogic[BucketInput, Out, BucketSnapshot]):
                     out.append(("outlier", car, orjson.dumps(event)))
             if not ex.see(tel):
                 continue  # older than what the car already showed: it changes no current value
+            changed = {k for k, v in tel.signals.items() if view.get(k, _UNSET) != v}
             view.update(tel.signals)
             facts.last_seen = max(facts.last_seen, tel.ts)
             facts.speed_prev, facts.speed_last = ex.speed_prev, ex.speed_last
             facts.engine_on_at, facts.device_id = ex.engine_on_at, tel.device_id
-            if upd.car is not None:
+            if upd.car is not None and (upd.car != facts.car or upd.reservation != facts.reservation):
                 facts.car, facts.reservation = upd.car, upd.reservation
-            for event in self.engine.evaluate(facts, tel.ts, wall_ms=now_wall):
+                changed.add(ATTR)
+            for event in self.engine.evaluate(facts, tel.ts, wall_ms=now_wall, changed=changed):
                 out.append(("outlier", car, orjson.dumps(event)))
         return out
 

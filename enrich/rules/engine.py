@@ -53,10 +53,18 @@ class RuleEngine:
         return [r for r in self.rules if r.uses_time]
 
     def evaluate(
-        self, facts: VehicleFacts, now: int, rules: Iterable[Rule] | None = None, *, wall_ms: int = 0
+        self,
+        facts: VehicleFacts,
+        now: int,
+        rules: Iterable[Rule] | None = None,
+        *,
+        wall_ms: int = 0,
+        changed: set[str] | None = None,
     ) -> list[dict[str, Any]]:
         """Evaluate ``rules`` (default all) for one vehicle at event time ``now``; returns outlier events
-        (``generated_at`` = ``wall_ms``, the processing time)."""
+        (``generated_at`` = ``wall_ms``, the processing time). With ``changed`` (the inputs that changed
+        since the last evaluation) an inactive rule none of whose inputs changed is skipped: its condition
+        cannot have changed either."""
         ctx = Ctx(facts, now)
         out: list[dict[str, Any]] = []
         car = facts.car_id
@@ -64,6 +72,8 @@ class RuleEngine:
         for rule in self.rules if rules is None else rules:
             key = rule.id
             state = states.get(key)
+            if changed is not None and state is None and not rule.uses_time and not (rule.inputs & changed):
+                continue
             if rule.condition(ctx):
                 if state is None:
                     if states is _EMPTY:

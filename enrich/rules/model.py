@@ -14,7 +14,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
 from enrich.rules.expr import Compiled, ExprError, compile_expr
-from enrich.rules.names import DERIVED, TIME_DEPENDENT, resolve
+from enrich.rules.names import DERIVED, TIME_DEPENDENT, inputs_of, resolve
 from enrich.telemetry import BOOL_SIGNALS, FLOAT_SIGNALS, STRING_SIGNALS
 
 ATTRIBUTE_PREFIXES = ("car.", "reservation.", "device.")
@@ -63,11 +63,12 @@ class Rule:
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
     description: str = ""
+    uses_time: bool = False  # the condition changes as event time passes: evaluated on timers too
+    inputs: frozenset[str] = frozenset()  # signals (and "@attr" for snapshot attributes) it depends on
 
-    @property
-    def uses_time(self) -> bool:
-        """Rules whose condition changes as event time passes (evaluated on timers, not only on events)."""
-        return bool(self.condition.names & TIME_DEPENDENT)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "uses_time", bool(self.condition.names & TIME_DEPENDENT))
+        object.__setattr__(self, "inputs", inputs_of(self.condition.names))
 
 
 def _schema() -> dict[str, Any]:

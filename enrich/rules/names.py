@@ -110,3 +110,26 @@ def resolve(name: str) -> Callable[[Ctx], Any]:
 
             return read
     return lambda c: c.values.get(name)
+
+
+ATTR = "@attr"  # stands for "a snapshot attribute (car.*, reservation.*) changed"
+_DERIVED_INPUTS: dict[str, tuple[str, ...]] = {
+    "any_door_open": DOORS,
+    "all_doors_closed": DOORS,
+    "speed_drop_kmh": ("Vehicle.Speed",),
+    "speed_change_rate_kmh_s": ("Vehicle.Speed",),
+    "engine_off_for_s": (ENGINE,),
+}
+
+
+def inputs_of(names: frozenset[str]) -> frozenset[str]:
+    """The signals (and ``ATTR``) whose change can change a condition reading ``names``."""
+    out: set[str] = set()
+    for name in names:
+        if name in _DERIVED_INPUTS:
+            out.update(_DERIVED_INPUTS[name])
+        elif name.startswith(("car.", "reservation.")):
+            out.add(ATTR)
+        elif name not in DERIVED:
+            out.add(name)
+    return frozenset(out)
