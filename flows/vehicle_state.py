@@ -34,7 +34,7 @@ _UNSET = object()
 SPEED, ENGINE = "Vehicle.Speed", "Vehicle.Powertrain.CombustionEngine.IsRunning"
 IDLE_PARTITION_S = 10.0
 SWEEP_EVERY_S = 0.25
-GAP_CHECK_MS = 10_000
+GAP_CHECK_MS = 60_000
 
 
 @dataclass(slots=True)
@@ -90,6 +90,7 @@ class BucketLogic(StatefulLogic[BucketInput, Out, BucketSnapshot]):
         self.extras = dict(snap.extras)
         self.engine = RuleEngine(rules, dict(snap.alerts))
         self.timed = [r for r in rules if r.uses_time]
+        self.inputs = sorted({name for r in rules for name in r.inputs if name != ATTR})
         self.partitions = dict(snap.partitions)  # partition -> newest event time
         self._heard: dict[str, float] = {}  # partition -> wall time last heard
         self._idle_since = time.monotonic()
@@ -172,14 +173,17 @@ class BucketLogic(StatefulLogic[BucketInput, Out, BucketSnapshot]):
                     out.append(("outlier", car, orjson.dumps(event)))
             if not ex.see(tel):
                 continue  # older than what the car already showed: it changes no current value
-            changed = {k for k, v in tel.signals.items() if view.get(k, _UNSET) != v}
-            view.update(tel.signals)
+            signals = tel.signals
+            changed = {k for k in self.inputs if k in signals and view.get(k, _UNSET) != signals[k]}
+            view.update(signals)
             facts.last_seen = max(facts.last_seen, tel.ts)
             facts.speed_prev, facts.speed_last = ex.speed_prev, ex.speed_last
             facts.engine_on_at, facts.device_id = ex.engine_on_at, tel.device_id
             if upd.car is not None and (upd.car != facts.car or upd.reservation != facts.reservation):
                 facts.car, facts.reservation = upd.car, upd.reservation
                 changed.add(ATTR)
+            if not changed and car not in self.engine.states:
+                continue  # nothing a rule reads changed and no alert is pending or firing
             for event in self.engine.evaluate(facts, tel.ts, wall_ms=now_wall, changed=changed):
                 out.append(("outlier", car, orjson.dumps(event)))
         return out

@@ -64,7 +64,7 @@ class RuleEngine:
         """Evaluate ``rules`` (default all) for one vehicle at event time ``now``; returns outlier events
         (``generated_at`` = ``wall_ms``, the processing time). With ``changed`` (the inputs that changed
         since the last evaluation) an inactive rule none of whose inputs changed is skipped: its condition
-        cannot have changed either."""
+        cannot have changed either, but for the passing of time, which timers evaluate."""
         ctx = Ctx(facts, now)
         out: list[dict[str, Any]] = []
         car = facts.car_id
@@ -72,7 +72,7 @@ class RuleEngine:
         for rule in self.rules if rules is None else rules:
             key = rule.id
             state = states.get(key)
-            if changed is not None and state is None and not rule.uses_time and not (rule.inputs & changed):
+            if changed is not None and state is None and not (rule.inputs & changed):
                 continue
             if rule.condition(ctx):
                 if state is None:
