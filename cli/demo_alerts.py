@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -19,12 +18,7 @@ from rich.table import Table
 
 from alerts.signing import new_secret
 from enrich.settings import Settings
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from stack.procs import free_port
 
 
 class LocalReceivers:
@@ -52,7 +46,7 @@ class LocalReceivers:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.smtp_port = _free_port()
+        self.smtp_port = free_port()
         self.smtp = Controller(Mail(), hostname="127.0.0.1", port=self.smtp_port)
         self.smtp.start()
         self.http = ThreadingHTTPServer(("127.0.0.1", 0), Hook)

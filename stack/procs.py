@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -69,6 +70,13 @@ class Managed:
                 raise StackError(f"{self.name} (pid {pid}) did not exit after SIGKILL")
         self.pid_file.unlink(missing_ok=True)
         return True
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` right now (for test servers, demo receivers, throw-away stacks)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:

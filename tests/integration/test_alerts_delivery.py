@@ -3,7 +3,6 @@ dead-letter queue and replay, 410, the SSRF guard; multipart e-mail through a re
 
 from __future__ import annotations
 
-import socket
 import threading
 import uuid
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from alerts.config import WebhookSpec
 from alerts.delivery import SmtpSettings, send_email, send_webhook
 from alerts.outbox import Job, Outbox, work
 from alerts.signing import new_secret
+from stack.procs import free_port
 from tests.unit.test_alerts_core import verify
 
 pytestmark = pytest.mark.integration
@@ -115,9 +115,7 @@ def test_429_retry_after_is_honoured(outbox: Outbox) -> None:
 
 
 def test_receiver_down_goes_to_the_dlq_and_replay_delivers(outbox: Outbox) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     spec = WebhookSpec(url=f"http://127.0.0.1:{port}/hook", max_attempts=3, timeout="2s")
     j = job()
     outbox.enqueue(j, now_s=0)
@@ -160,9 +158,7 @@ def test_email_arrives_multipart_with_recipients() -> None:
             got.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
             return "250 OK"
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     controller = Controller(Handler(), hostname="127.0.0.1", port=port)
     controller.start()
     try:

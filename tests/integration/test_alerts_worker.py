@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +21,7 @@ from confluent_kafka import Producer
 from alerts.signing import new_secret
 from enrich.settings import Settings
 from simulator.run import SimConfig, Simulation
-from stack.procs import wait_until
+from stack.procs import free_port, wait_until
 from tests.integration.flow_proc import flow_env
 from tests.integration.pipeline import running
 from tests.integration.test_alerts_delivery import Receiver
@@ -30,12 +29,6 @@ from tests.kafka_util import consume_all
 from tests.unit.test_alerts_core import verify
 
 pytestmark = pytest.mark.integration
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Mailbox:
@@ -48,7 +41,7 @@ class Mailbox:
                 outer.messages.append((list(envelope.rcpt_tos), envelope.content))
                 return "250 OK"
 
-        self.port = _port()
+        self.port = free_port()
         self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
         self.controller.start()
 

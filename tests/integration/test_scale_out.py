@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -11,18 +10,13 @@ import pytest
 
 from enrich.settings import Settings
 from simulator.run import SimConfig, Simulation
+from stack.procs import free_port
 from stores.parquet_history import read_history
 from tests.integration.flow_proc import flow_env
 from tests.integration.pipeline import run_to_eof, vehicle_states
 from tests.kafka_util import consume_all
 
 pytestmark = pytest.mark.integration
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def test_two_processes_share_the_partitions_and_the_vehicles(
@@ -35,7 +29,7 @@ def test_two_processes_share_the_partitions_and_the_vehicles(
     report = Simulation(cfg, s).run()
     run_to_eof("snapshot", s, tmp_path / "snap.log")
 
-    addresses = f"127.0.0.1:{_port()};127.0.0.1:{_port()}"
+    addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
     env = flow_env(s)
     procs = []
     for i in (0, 1):

@@ -12,15 +12,9 @@ import pytest
 
 from enrich.settings import Settings
 from stack.manager import Stack
-from stack.procs import wait_until
+from stack.procs import free_port, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _running(pid: int) -> bool:
@@ -45,7 +39,7 @@ def _listening(port: int) -> bool:
 def test_stack_up_is_idempotent_and_down_leaves_nothing(tmp_path: Path) -> None:
     main_state = Path(os.environ.get("ENRICH_STATE_DIR", ".stack"))
     shared_lib = main_state / "kafka" / "lib"
-    kport, cport, rport = _free_port(), _free_port(), _free_port()
+    kport, cport, rport = free_port(), free_port(), free_port()
     settings = Settings(
         state_dir=tmp_path / "state",
         kafka_bootstrap=f"127.0.0.1:{kport}",
