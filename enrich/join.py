@@ -19,12 +19,6 @@ def join_status(merged: Merged | None) -> str:
     return "ok" if merged.get(CAR) is not None else "partial"
 
 
-def car_id_of(merged: Merged | None) -> int | None:
-    device = merged.get(DEVICE) if merged is not None else None
-    value = device.get("car_id") if device is not None else None
-    return value if isinstance(value, int) else None
-
-
 def enriched_event(tel: Telemetry, merged: Merged | None, *, attempts: int, now_ms: int) -> dict[str, Any]:
     """The enriched event (schemas/enriched.v1): signals, the joined rows and how the join went."""
     if merged is None:

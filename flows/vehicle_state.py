@@ -11,7 +11,7 @@ by the wall clock while the whole input is idle.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,15 +23,13 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from enrich.join import CarUpdate, VehicleState
 from enrich.rules.engine import AlertState, RuleEngine, VehicleFacts
 from enrich.rules.model import Rule
-from enrich.rules.names import ATTR
+from enrich.rules.names import ATTR, Extras
 from enrich.settings import Settings
-from enrich.telemetry import Telemetry
 from flows import metrics
 from flows.kafka_io import KafkaWriter
 
 STATE_BUCKETS = 16
 _UNSET = object()
-SPEED, ENGINE = "Vehicle.Speed", "Vehicle.Powertrain.CombustionEngine.IsRunning"
 IDLE_PARTITION_S = 10.0
 SWEEP_EVERY_S = 0.25
 GAP_CHECK_MS = 60_000
@@ -42,33 +40,6 @@ class BucketInput:
     cars: dict[int, CarUpdate]
     partition: str
     partition_max_ts: int
-
-
-@dataclass(slots=True)
-class Extras:
-    """Per-car facts rules need beyond the state document."""
-
-    device_seen: dict[str, int] = field(default_factory=dict)
-    speed_prev: tuple[float, int] | None = None
-    speed_last: tuple[float, int] | None = None
-    engine_on_at: int | None = None
-    last_device: str | None = None
-    newest: tuple[int, int] = (0, -1)
-
-    def see(self, tel: Telemetry) -> bool:
-        """Fold one event in; False when it is older than what the car already showed (out of order)."""
-        if self.device_seen.get(tel.device_id, -1) < tel.ts:
-            self.device_seen[tel.device_id] = tel.ts
-        if (tel.ts, tel.seq) < self.newest:
-            return False
-        self.newest = (tel.ts, tel.seq)
-        self.last_device = tel.device_id
-        speed = tel.signals.get(SPEED)
-        if type(speed) is float or type(speed) is int:
-            self.speed_prev, self.speed_last = self.speed_last, (float(speed), tel.ts)
-        if tel.signals.get(ENGINE) is True:
-            self.engine_on_at = tel.ts
-        return True
 
 
 @dataclass(slots=True)

@@ -48,10 +48,6 @@ class RuleEngine:
     rules: list[Rule]
     states: dict[int, dict[str, AlertState]] = field(default_factory=dict)  # car -> rule id -> state
 
-    @property
-    def timed(self) -> list[Rule]:
-        return [r for r in self.rules if r.uses_time]
-
     def evaluate(
         self,
         facts: VehicleFacts,
@@ -93,9 +89,6 @@ class RuleEngine:
         if not states and car in self.states:
             del self.states[car]
         return out
-
-    def pending_or_firing(self, car_id: int) -> bool:
-        return bool(self.states.get(car_id))
 
     def _event(
         self,

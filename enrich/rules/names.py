@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from enrich.telemetry import Telemetry
 
 DOORS = (
     "Vehicle.Cabin.Door.Row1.DriverSide.IsOpen",
@@ -13,6 +15,7 @@ DOORS = (
     "Vehicle.Cabin.Door.Row2.PassengerSide.IsOpen",
 )
 ENGINE = "Vehicle.Powertrain.CombustionEngine.IsRunning"
+SPEED = "Vehicle.Speed"
 
 
 @dataclass(slots=True)
@@ -29,6 +32,33 @@ class VehicleFacts:
     speed_last: tuple[float, int] | None = None
     engine_on_at: int | None = None  # event time the engine was last seen running
     device_id: str | None = None  # device of the newest event
+
+
+@dataclass(slots=True)
+class Extras:
+    """Per-car facts rules need beyond the state document."""
+
+    device_seen: dict[str, int] = field(default_factory=dict)
+    speed_prev: tuple[float, int] | None = None
+    speed_last: tuple[float, int] | None = None
+    engine_on_at: int | None = None
+    last_device: str | None = None
+    newest: tuple[int, int] = (0, -1)
+
+    def see(self, tel: Telemetry) -> bool:
+        """Fold one event in; False when it is older than what the car already showed (out of order)."""
+        if self.device_seen.get(tel.device_id, -1) < tel.ts:
+            self.device_seen[tel.device_id] = tel.ts
+        if (tel.ts, tel.seq) < self.newest:
+            return False
+        self.newest = (tel.ts, tel.seq)
+        self.last_device = tel.device_id
+        speed = tel.signals.get(SPEED)
+        if type(speed) is float or type(speed) is int:
+            self.speed_prev, self.speed_last = self.speed_last, (float(speed), tel.ts)
+        if tel.signals.get(ENGINE) is True:
+            self.engine_on_at = tel.ts
+        return True
 
 
 class Ctx:
@@ -116,8 +146,8 @@ ATTR = "@attr"  # stands for "a snapshot attribute (car.*, reservation.*) change
 _DERIVED_INPUTS: dict[str, tuple[str, ...]] = {
     "any_door_open": DOORS,
     "all_doors_closed": DOORS,
-    "speed_drop_kmh": ("Vehicle.Speed",),
-    "speed_change_rate_kmh_s": ("Vehicle.Speed",),
+    "speed_drop_kmh": (SPEED,),
+    "speed_change_rate_kmh_s": (SPEED,),
     "engine_off_for_s": (ENGINE,),
 }
 

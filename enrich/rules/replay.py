@@ -8,6 +8,7 @@ from typing import Any
 from enrich.join import CarUpdate, VehicleState
 from enrich.rules.engine import RuleEngine, VehicleFacts
 from enrich.rules.model import Rule
+from enrich.rules.names import Extras
 from enrich.snapshot import Merged
 from enrich.telemetry import Telemetry
 
@@ -21,6 +22,7 @@ def replay(
     timed = [r for r in rules if r.uses_time]
     states: dict[int, VehicleState] = {}
     facts: dict[int, VehicleFacts] = {}
+    extras: dict[int, Extras] = {}
     out: list[dict[str, Any]] = []
     last_sweep: int | None = None
     ordered = sorted((e for e in events if e.get("car_id") is not None), key=lambda e: (e["ts"], e["seq"]))
@@ -33,21 +35,18 @@ def replay(
         upd.add(tel, merged)
         state = states.setdefault(car, VehicleState(car))
         state.merge(upd, e["ts"])
+        ex = extras.setdefault(car, Extras())
+        ex.see(tel)
         f = facts.get(car)
         if f is None:
-            f = facts[car] = VehicleFacts(car, state.values, 0, {}, None, None)
+            f = facts[car] = VehicleFacts(car, state.values, 0, ex.device_seen, None, None)
         f.last_seen, f.car, f.reservation, f.device_id = (
             state.last_seen,
             state.car,
             state.reservation,
             tel.device_id,
         )
-        f.device_seen[tel.device_id] = max(f.device_seen.get(tel.device_id, 0), tel.ts)
-        speed = tel.signals.get("Vehicle.Speed")
-        if isinstance(speed, int | float) and not isinstance(speed, bool):
-            f.speed_prev, f.speed_last = f.speed_last, (float(speed), tel.ts)
-        if tel.signals.get("Vehicle.Powertrain.CombustionEngine.IsRunning") is True:
-            f.engine_on_at = tel.ts
+        f.speed_prev, f.speed_last, f.engine_on_at = ex.speed_prev, ex.speed_last, ex.engine_on_at
         out += engine.evaluate(f, tel.ts, wall_ms=tel.ts)
         if last_sweep is None or tel.ts - last_sweep >= sweep_every_ms:
             last_sweep = tel.ts
