@@ -17,3 +17,13 @@ class Record(NamedTuple):
 
     def ref(self) -> SourceRef:
         return SourceRef(self.topic, self.partition, self.offset, self.timestamp, self.key)
+
+
+class PartitionBatch(NamedTuple):
+    """Records read from one partition in one go. ``idle``: the partition was read to its end and nothing
+    new arrived for a while (``records`` is then empty); a watermark may stop waiting for it."""
+
+    topic: str
+    partition: int
+    records: list[Record]
+    idle: bool = False

@@ -63,6 +63,18 @@ class Settings(BaseSettings):
     history_dir: Path | None = Field(None, description="Parquet history root (default <state_dir>/history)")
     history_segment: int = Field(20_000, description="Offsets per Parquet segment file")
     history_flush_s: float = Field(30.0, description="Write an open Parquet segment at least this often")
+    max_event_bytes: int = Field(1 << 20, ge=1, description="Telemetry larger than this is dead-lettered")
+    max_future_skew_s: float = Field(
+        300.0, ge=0, description="Events stamped further ahead of the wall clock are dead-lettered"
+    )
+    max_event_age_s: float = Field(
+        0.0, ge=0, description="Events older than this are dead-lettered (0 = no horizon)"
+    )
+    watermark_idle_s: float = Field(
+        10.0,
+        gt=0,
+        description="A telemetry partition read to its end and quiet this long stops holding event time",
+    )
 
     # Rules
     rules_file: Path | None = Field(None, description="Outlier rule pack (YAML); default: the built-in pack")

@@ -37,15 +37,29 @@ class ApplyResult:
     applied_keys: list[tuple[str, str, str]] = field(default_factory=list)  # (table, pk, position)
 
 
-@dataclass(frozen=True, slots=True)
 class Merged:
-    """A row of the root table with what it references: {table: row} (None where missing)."""
+    """A row of the root table with what it references: {table: row} (None where missing).
 
-    rows: dict[str, dict[str, Any] | None]
-    positions: dict[str, str | None]
+    Immutable by contract (cached and shared between events); ``cache`` holds what consumers derive from it
+    once per snapshot version (e.g. the encoded rows spliced into every enriched event)."""
+
+    __slots__ = ("cache", "positions", "rows")
+
+    def __init__(self, rows: dict[str, dict[str, Any] | None], positions: dict[str, str | None]) -> None:
+        self.rows = rows
+        self.positions = positions
+        self.cache: Any = None
 
     def get(self, table: str) -> dict[str, Any] | None:
         return self.rows.get(table)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Merged) and (self.rows, self.positions) == (other.rows, other.positions)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Merged({self.rows!r}, {self.positions!r})"
 
 
 class SnapshotStore(Protocol):

@@ -1,13 +1,17 @@
 """Decode and validate telemetry: a nested VSS tree or flat dotted paths, numbers sent as strings coerced.
 
 Known signals are coerced to their VSS datatype (``"12.4"`` → 12.4, ``"true"`` → True); unknown signals are
-kept as sent. Errors name the field path (``signals.Vehicle.Speed``).
+kept as sent. A known signal is a leaf: an object or array where it belongs (``{"Speed": {"value": 5}}``)
+is a schema error, never a new signal ``Vehicle.Speed.value``. Errors name the field path
+(``signals.Vehicle.Speed``). Messages larger than ``max_bytes`` are refused before they are parsed.
+
+This is the hottest function of the engine (once per event): known signals are looked up in one dict of
+kinds, and values that already have their type cost one type check.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -42,66 +46,82 @@ FLOAT_SIGNALS = frozenset(
 STRING_SIGNALS = frozenset({"Vehicle.LowVoltageSystemState"})
 _TRUE = frozenset({"true", "1", "on", "yes"})
 _FALSE = frozenset({"false", "0", "off", "no"})
+_FLOAT, _BOOL, _STRING = 0, 1, 2
+_KIND: dict[str, int] = {
+    **dict.fromkeys(FLOAT_SIGNALS, _FLOAT),
+    **dict.fromkeys(BOOL_SIGNALS, _BOOL),
+    **dict.fromkeys(STRING_SIGNALS, _STRING),
+}
+DEFAULT_MAX_BYTES = 1 << 20
 
 Scalar = float | int | bool | str | None
 
 
-@dataclass(frozen=True, slots=True)
-class Telemetry:
+class Telemetry(NamedTuple):
+    """One decoded event. A tuple: built once per event, so it must be cheap."""
+
     device_id: str
     ts: int
     seq: int
     signals: dict[str, Scalar]  # flat VSS path -> coerced value
 
 
+def _schema_error(message: str, path: str) -> DecodeError:
+    return DecodeError(message, reason="schema_error", field_path=path)
+
+
 def _flatten(node: dict[str, Any], prefix: str, out: dict[str, Any]) -> None:
     for key, value in node.items():
         path = f"{prefix}.{key}"
         if type(value) is dict:
+            if path in _KIND:
+                raise _schema_error("a known signal must be a scalar, got an object", f"signals.{path}")
             _flatten(value, path, out)
         else:
             out[path] = value
 
 
-def _coerce(path: str, value: Any) -> Scalar:
-    if path in FLOAT_SIGNALS:
-        kind = type(value)
-        if kind is float or kind is int:
-            return value  # type: ignore[no-any-return]
-        if kind is str:
+def _coerce(path: str, kind: int | None, value: Any) -> Scalar:
+    """The slow path: a value whose type is not the signal's own (or not a scalar at all)."""
+    if kind == _FLOAT:
+        if type(value) is str:
             try:
                 return float(value)
             except ValueError:
                 pass
         elif value is None:
             return None
-        raise DecodeError(
-            f"expected a number, got {value!r}", reason="schema_error", field_path=f"signals.{path}"
-        )
-    if path in BOOL_SIGNALS:
-        if value is True or value is False or value is None:
-            return value  # type: ignore[no-any-return,unused-ignore]
-        text = str(value).strip().lower()
-        if text in _TRUE:
-            return True
-        if text in _FALSE:
-            return False
-        raise DecodeError(
-            f"expected a boolean, got {value!r}", reason="schema_error", field_path=f"signals.{path}"
-        )
+        raise _schema_error(f"expected a number, got {_short(value)}", f"signals.{path}")
+    if kind == _BOOL:
+        if value is None:
+            return None
+        if type(value) is str or type(value) is int or type(value) is float:
+            text = str(value).strip().lower()
+            if text in _TRUE:
+                return True
+            if text in _FALSE:
+                return False
+        raise _schema_error(f"expected a boolean, got {_short(value)}", f"signals.{path}")
     if isinstance(value, list | dict):
-        raise DecodeError(
-            "signal values must be scalars", reason="schema_error", field_path=f"signals.{path}"
-        )
-    if path in STRING_SIGNALS and value is not None:
+        raise _schema_error("signal values must be scalars", f"signals.{path}")
+    if kind == _STRING and value is not None:
         return str(value)
     return value  # type: ignore[no-any-return]
 
 
-def decode_telemetry(value: bytes | None) -> Telemetry:
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def decode_telemetry(value: bytes | None, max_bytes: int = DEFAULT_MAX_BYTES) -> Telemetry:
     """Bytes of one telemetry message → ``Telemetry``; raises ``DecodeError`` naming the field."""
     if value is None:
         raise DecodeError("null message", reason="decode_error")
+    if len(value) > max_bytes:
+        raise DecodeError(
+            f"message of {len(value)} bytes exceeds the limit of {max_bytes}", reason="too_large"
+        )
     try:
         doc = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
@@ -110,45 +130,46 @@ def decode_telemetry(value: bytes | None) -> Telemetry:
         raise DecodeError("not a JSON object", reason="schema_error")
     device = doc.get("device_id")
     if type(device) is not str or not device or len(device) > 64:
-        raise DecodeError(
-            "device_id must be a non-empty string", reason="schema_error", field_path="device_id"
-        )
+        raise _schema_error("device_id must be a non-empty string of at most 64 characters", "device_id")
     ts = doc.get("ts")
     if type(ts) is not int or ts <= 0:
-        raise DecodeError("ts must be epoch milliseconds", reason="schema_error", field_path="ts")
+        raise _schema_error("ts must be epoch milliseconds", "ts")
     seq = doc.get("seq")
     if type(seq) is not int or seq < 0:
-        raise DecodeError("seq must be a non-negative integer", reason="schema_error", field_path="seq")
+        raise _schema_error("seq must be a non-negative integer", "seq")
     raw = doc.get("signals")
     if type(raw) is not dict:
-        raise DecodeError("signals must be an object", reason="schema_error", field_path="signals")
+        raise _schema_error("signals must be an object", "signals")
     if "Vehicle" in raw:
         flat: dict[str, Any] = {}
         for key, item in raw.items():
             if type(item) is dict:
                 if key != "Vehicle":
-                    raise DecodeError(
-                        "nested signals start at Vehicle", reason="schema_error", field_path=f"signals.{key}"
-                    )
+                    raise _schema_error("nested signals start at Vehicle", f"signals.{key}")
                 _flatten(item, key, flat)
             else:
                 flat[key] = item
     else:
         flat = raw
+    kinds = _KIND
     for path, v in flat.items():
-        if not path.startswith("Vehicle."):
-            raise DecodeError(
-                "signal paths start with Vehicle.", reason="schema_error", field_path=f"signals.{path}"
-            )
+        kind = kinds.get(path)
         t = type(v)
-        # Fast path: numbers where numbers belong and booleans where booleans belong need no work.
-        if t is float or t is int:
-            if path not in BOOL_SIGNALS and path not in STRING_SIGNALS:
+        # Fast path: a value of the signal's own type (or any scalar of an unknown signal) needs no work.
+        if kind is None:
+            if t is not dict and t is not list:
+                if not path.startswith("Vehicle."):
+                    raise _schema_error("signal paths start with Vehicle.", f"signals.{path}")
                 continue
-        elif t is bool:
-            if path not in FLOAT_SIGNALS:
+        elif kind == _FLOAT:
+            if t is float or t is int:
                 continue
-        elif t is str and path not in FLOAT_SIGNALS and path not in BOOL_SIGNALS:
+        elif kind == _BOOL:
+            if t is bool:
+                continue
+        elif t is str:
             continue
-        flat[path] = _coerce(path, v)
+        if not path.startswith("Vehicle."):
+            raise _schema_error("signal paths start with Vehicle.", f"signals.{path}")
+        flat[path] = _coerce(path, kind, v)
     return Telemetry(device, ts, seq, flat)

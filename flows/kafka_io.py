@@ -21,14 +21,14 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from enrich.records import Record
+from enrich.records import PartitionBatch, Record
 from flows import metrics
 
 log = logging.getLogger(__name__)
 IDLE_BACKOFF = timedelta(milliseconds=10)
 
 
-class _BatchPartition(StatefulSourcePartition[list[Record], int]):
+class _BatchPartition(StatefulSourcePartition[Any, int]):
     def __init__(
         self,
         config: dict[str, Any],
@@ -38,6 +38,7 @@ class _BatchPartition(StatefulSourcePartition[list[Record], int]):
         batch_size: int,
         tail: bool,
         linger_s: float = 0.005,
+        idle_after_s: float | None = None,
     ) -> None:
         self._consumer = Consumer(config)
         self._consumer.assign([TopicPartition(topic, partition, offset)])
@@ -51,8 +52,14 @@ class _BatchPartition(StatefulSourcePartition[list[Record], int]):
         self._linger_s = linger_s
         self._held: list[Record] = []  # read but not emitted yet (not in the snapshot offset either)
         self._held_since = 0.0
+        # With idle_after_s, items are PartitionBatch and the partition says when it is idle: read to its
+        # end with nothing new for idle_after_s (see enrich.pipeline.watermark). Without, items are lists.
+        self._idle_after_s = idle_after_s
+        self._last_record = time.monotonic()
+        self._idle_sent = False
+        self._at_end = False
 
-    def next_batch(self) -> list[list[Record]]:
+    def next_batch(self) -> list[Any]:
         if self._eof and not self._tail and not self._held:
             raise StopIteration
         msgs: list[Message] = self._consumer.consume(self._batch_size - len(self._held), 0.001)
@@ -61,7 +68,7 @@ class _BatchPartition(StatefulSourcePartition[list[Record], int]):
             err = msg.error()
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
-                    self._eof = True
+                    self._eof = self._at_end = True
                     continue
                 metrics.CONSUME_ERRORS.labels(self._topic).inc()
                 log.warning(
@@ -72,6 +79,7 @@ class _BatchPartition(StatefulSourcePartition[list[Record], int]):
                     err,
                 )
                 continue
+            self._at_end = False
             ts_type, ts = msg.timestamp()
             offset: int = msg.offset()  # type: ignore[assignment]
             key, value = msg.key(), msg.value()
@@ -85,11 +93,23 @@ class _BatchPartition(StatefulSourcePartition[list[Record], int]):
             self._offset = batch[-1].offset + 1
             self._held, self._held_since = [], 0.0
             self._awake = None
-            return [batch]
+            self._last_record, self._idle_sent = now, False
+            if self._idle_after_s is None:
+                return [batch]
+            return [PartitionBatch(self._topic, self._partition, batch, False)]
         self._held = batch
         wait = self._linger_s - (now - self._held_since) if batch else IDLE_BACKOFF.total_seconds()
         # Let bytewax serve other partitions and come back shortly instead of spinning.
         self._awake = datetime.now(UTC) + timedelta(seconds=max(wait, 0.0005))
+        if (
+            self._idle_after_s is not None
+            and not batch
+            and self._at_end
+            and not self._idle_sent
+            and now - self._last_record >= self._idle_after_s
+        ):
+            self._idle_sent = True  # once per idle period: the next record ends it
+            return [PartitionBatch(self._topic, self._partition, [], True)]
         return []
 
     def next_awake(self) -> datetime | None:
@@ -102,8 +122,9 @@ class _BatchPartition(StatefulSourcePartition[list[Record], int]):
         self._consumer.close()
 
 
-class KafkaBatchSource(FixedPartitionedSource[list[Record], int]):
-    """Every partition of ``topics`` is a bytewax partition; items are lists of records."""
+class KafkaBatchSource(FixedPartitionedSource[Any, int]):
+    """Every partition of ``topics`` is a bytewax partition; items are lists of records, or with
+    ``idle_after_s`` ``PartitionBatch`` items that also report when the partition goes idle."""
 
     def __init__(
         self,
@@ -113,7 +134,9 @@ class KafkaBatchSource(FixedPartitionedSource[list[Record], int]):
         batch_size: int = 5000,
         tail: bool = True,
         add_config: dict[str, Any] | None = None,
+        idle_after_s: float | None = None,
     ) -> None:
+        self.idle_after_s = idle_after_s
         self.bootstrap = bootstrap
         self.topics = list(topics)
         self.batch_size = batch_size
@@ -144,7 +167,9 @@ class KafkaBatchSource(FixedPartitionedSource[list[Record], int]):
             **self.add_config,
         }
         offset = OFFSET_BEGINNING if resume_state is None else resume_state
-        return _BatchPartition(config, topic, int(idx), offset, self.batch_size, self.tail)
+        return _BatchPartition(
+            config, topic, int(idx), offset, self.batch_size, self.tail, idle_after_s=self.idle_after_s
+        )
 
 
 class KafkaWriter:

@@ -1,7 +1,8 @@
 """Parquet history of raw and enriched telemetry (the only module that imports pyarrow for it).
 
 Layout: ``<root>/<kind>/date=YYYY-MM-DD/hour=HH/<topic>-p<partition>-<first offset>-<last offset>.parquet``
-(kind = raw | enriched, zstd, hour of the batch's first event). One file per partition per written batch.
+(kind = raw | enriched, zstd). Raw rows are placed by their Kafka timestamp, enriched rows by event time;
+a flush whose rows span several hours writes one file per hour. Files are built from Arrow columns.
 
 Replays (bytewax output is at-least-once) never duplicate rows: the writer knows which source offsets of
 each partition are already on disk (an interval set, rebuilt from the files' offset columns at start) and
@@ -19,7 +20,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+from enrich.records import Record
 
 RAW_SCHEMA = pa.schema(
     [
@@ -42,8 +46,6 @@ ENRICHED_SCHEMA = pa.schema(
     ]
 )
 SCHEMAS = {"raw": RAW_SCHEMA, "enriched": ENRICHED_SCHEMA}
-RawRow = tuple[int, int, bytes | None, bytes | None]  # offset, kafka timestamp, key, value
-EnrichedRow = tuple[int, str, int | None, int, str, str]  # offset, event_id, car_id, ts, status, json
 _NAME = re.compile(r"^(?P<topic>.+)-p(?P<partition>\d+)-(?P<first>\d{12})-(?P<last>\d{12})\.parquet$")
 
 
@@ -85,6 +87,10 @@ class Intervals:
             self.add(run_start, prev)
 
 
+EnrichedRow = tuple[int, str, int | None, int, str, bytes]  # offset, event_id, car_id, ts, status, JSON
+_HOUR_MS = 3_600_000
+
+
 class HistoryWriter:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -102,46 +108,73 @@ class HistoryWriter:
                     found.add_all(offsets)
         return found
 
-    def _write(
-        self, kind: str, topic: str, partition: int, rows: list[tuple[object, ...]], hour_ms: int
-    ) -> Path | None:
+    def _write(self, kind: str, topic: str, partition: int, table: pa.Table, times: pa.Array) -> list[Path]:
+        """Write the rows of ``table`` whose offsets are not on disk yet, one file per hour of ``times``."""
         index = self._index(kind, topic, partition)
-        if index.ends and min(rows)[0] <= index.ends[-1]:  # type: ignore[operator]
-            new = [r for r in rows if r[0] not in index]  # type: ignore[operator]
-        else:
-            new = rows  # the usual case: everything is past what is on disk
-        if not new:
-            return None
-        offsets = [int(r[0]) for r in new]  # type: ignore[call-overload]
-        t = dt.datetime.fromtimestamp(hour_ms / 1000, tz=dt.UTC)
-        folder = self.root / kind / f"date={t:%Y-%m-%d}" / f"hour={t:%H}"
-        folder.mkdir(parents=True, exist_ok=True)
-        target = folder / f"{topic}-p{partition}-{min(offsets):012d}-{max(offsets):012d}.parquet"
-        schema = SCHEMAS[kind]
-        if kind == "raw":
-            columns = [[topic] * len(new), [partition] * len(new), *zip(*new, strict=True)]
-        else:
-            columns = list(zip(*new, strict=True))
-        table = pa.Table.from_arrays(
-            [pa.array(c, f.type) for c, f in zip(columns, schema, strict=True)], schema=schema
-        )
-        tmp = target.with_suffix(".tmp")
-        pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, target)
-        index.add_all(offsets)
-        return target
-
-    def write(self, topic: str, partition: int, raw: list[RawRow], enriched: list[EnrichedRow]) -> list[Path]:
-        """Write the rows of one partition not on disk yet; returns the files written."""
+        offsets = table.column("offset")
+        if index.ends and pc.min(offsets).as_py() <= index.ends[-1]:  # a replay: keep only new offsets
+            keep = pa.array([o not in index for o in offsets.to_pylist()], pa.bool_())
+            table, times = table.filter(keep), times.filter(keep)
+            if table.num_rows == 0:
+                return []
+        hours = pc.divide(pc.max_element_wise(times, 0), _HOUR_MS)
         written = []
+        for hour in pc.unique(hours).to_pylist():
+            part = (
+                table
+                if len(hours) and pc.all(pc.equal(hours, hour)).as_py()
+                else table.filter(pc.equal(hours, hour))
+            )
+            offs = part.column("offset")
+            lo, hi = pc.min(offs).as_py(), pc.max(offs).as_py()
+            t = dt.datetime.fromtimestamp(hour * 3600, tz=dt.UTC)
+            folder = self.root / kind / f"date={t:%Y-%m-%d}" / f"hour={t:%H}"
+            folder.mkdir(parents=True, exist_ok=True)
+            target = folder / f"{topic}-p{partition}-{lo:012d}-{hi:012d}.parquet"
+            tmp = target.with_suffix(".tmp")
+            pq.write_table(part, tmp, compression="zstd")
+            os.replace(tmp, target)
+            index.add_all(offs.to_pylist())
+            written.append(target)
+        return written
+
+    def write(
+        self, topic: str, partition: int, raw: Sequence[Record], enriched: Sequence[EnrichedRow]
+    ) -> list[Path]:
+        """Write the rows of one partition not on disk yet (each file in the date/hour partition of its
+        rows: raw by Kafka timestamp, enriched by event time); returns the files written."""
+        written: list[Path] = []
         if raw:
-            path = self._write("raw", topic, partition, raw, raw[0][1] or 0)  # type: ignore[arg-type]
-            if path:
-                written.append(path)
+            _t, _p, offsets, keys, values, stamps = zip(*raw, strict=True)
+            n = len(offsets)
+            kafka_ts = pa.array(stamps, pa.int64()).fill_null(0)
+            table = pa.Table.from_arrays(
+                [
+                    pa.array([topic] * n, pa.string()),
+                    pa.array([partition] * n, pa.int32()),
+                    pa.array(offsets, pa.int64()),
+                    kafka_ts,
+                    pa.array(keys, pa.binary()),
+                    pa.array(values, pa.binary()),
+                ],
+                schema=RAW_SCHEMA,
+            )
+            written += self._write("raw", topic, partition, table, kafka_ts)
         if enriched:
-            path = self._write("enriched", topic, partition, enriched, enriched[0][3])  # type: ignore[arg-type]
-            if path:
-                written.append(path)
+            offsets, ids, cars, ts, statuses, bodies = zip(*enriched, strict=True)
+            times = pa.array(ts, pa.int64())
+            table = pa.Table.from_arrays(
+                [
+                    pa.array(offsets, pa.int64()),
+                    pa.array(ids, pa.string()),
+                    pa.array(cars, pa.int64()),
+                    times,
+                    pa.array(statuses, pa.string()),
+                    pa.array(bodies, pa.binary()).cast(pa.string()),
+                ],
+                schema=ENRICHED_SCHEMA,
+            )
+            written += self._write("enriched", topic, partition, table, times)
         return written
 
 

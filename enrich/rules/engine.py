@@ -1,24 +1,29 @@
 """Alert states in the style of Prometheus alerting rules, per (rule, vehicle), in event time.
 
 inactive → pending when the condition becomes true (``active_since``); pending → firing once it has held for
-``for``; firing → resolved when it is false and has been for ``keep_firing_for`` (which also absorbs
-flapping); a pending alert whose condition turns false is dropped without a trace. Each firing gets one
-incident id per (rule, vehicle, start), and a firing and a resolved outlier event.
+``for``; firing → resolved when it is false and ``keep_firing_for`` has passed since it was last true (which
+also absorbs flapping); a pending alert whose condition turns false is dropped without a trace. Each firing
+gets one incident id per (rule, vehicle, start), and a firing and a resolved outlier event.
 
-The engine evaluates a vehicle when its state changes and on timers (``sweep``), with "now" being event
-time: the vehicle's newest event, or the watermark when sweeping — so "device silent for 10 minutes" or
-"headlights still on and the device went quiet" fire without new events.
+Time is event time only: a vehicle is evaluated at the time of each of its events, and at the times
+``next_deadline`` names — when a pending alert reaches its ``for``, when a firing alert's
+``keep_firing_for`` runs out, when a time-dependent signal crosses a threshold (``enrich.rules.pack``).
+Because those times come from the data (an event's timestamp, a last-seen time plus a threshold), the
+start and end of every incident, and so its id, are the same however the input is batched, on any number
+of processes, and on replay. The caller decides *when* (in processing time) to evaluate a deadline — the
+watermark — never *what* it says.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from enrich.rules.model import Rule
-from enrich.rules.names import Ctx, VehicleFacts
+from enrich.rules.names import ATTR, VehicleFacts
+from enrich.rules.pack import Pack
 
 __all__ = ["AlertState", "RuleEngine", "VehicleFacts", "fingerprint", "incident_id"]
 
@@ -40,55 +45,103 @@ def fingerprint(rule: Rule, car_id: int) -> str:
     return hashlib.sha256(f"{rule.id}|{car_id}|{labels}".encode()).hexdigest()[:16]
 
 
-_EMPTY: dict[str, AlertState] = {}
+Alerts = dict[str, AlertState]  # rule id -> state, of one vehicle
 
 
 @dataclass(slots=True)
 class RuleEngine:
-    rules: list[Rule]
-    states: dict[int, dict[str, AlertState]] = field(default_factory=dict)  # car -> rule id -> state
+    rules: Sequence[Rule]
+    states: dict[int, Alerts] = field(default_factory=dict)  # car -> rule id -> state (see ``evaluate``)
+    pack: Pack = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rules = list(self.rules)
+        self.pack = Pack(self.rules)
+
+    @property
+    def inputs(self) -> frozenset[str]:
+        """Signals (and ``ATTR``) whose change can change a condition; other changes need no evaluation."""
+        return self.pack.inputs
 
     def evaluate(
+        self, facts: VehicleFacts, now: int, *, wall_ms: int = 0, changed: set[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """``step`` with the alert states kept in ``self.states`` (tests, tools)."""
+        car = facts.car_id
+        alerts = self.states.get(car)
+        if alerts is None:
+            alerts = {}
+        out = self.step(facts, alerts, now, wall_ms=wall_ms, changed=changed)
+        if alerts:
+            self.states[car] = alerts
+        else:
+            self.states.pop(car, None)
+        return out
+
+    def step(
         self,
         facts: VehicleFacts,
+        alerts: Alerts,
         now: int,
-        rules: Iterable[Rule] | None = None,
         *,
         wall_ms: int = 0,
         changed: set[str] | None = None,
     ) -> list[dict[str, Any]]:
-        """Evaluate ``rules`` (default all) for one vehicle at event time ``now``; returns outlier events
-        (``generated_at`` = ``wall_ms``, the processing time). With ``changed`` (the inputs that changed
-        since the last evaluation) an inactive rule none of whose inputs changed is skipped: its condition
-        cannot have changed either, but for the passing of time, which timers evaluate."""
-        ctx = Ctx(facts, now)
+        """Evaluate every rule for one vehicle at event time ``now``, updating ``alerts`` in place; returns
+        outlier events (``generated_at`` = ``wall_ms``, the processing time). With ``changed`` (the inputs
+        that changed since the last evaluation) and no alert pending or firing, nothing is evaluated when no
+        input of the pack changed: no condition can have changed, but for the passing of time, which
+        deadlines cover."""
+        if changed is not None and not alerts and not (changed & self.pack.inputs):
+            return []
+        trues = self.pack.truths(facts, now)
+        if not trues and not alerts:
+            return []
+        rules = self.rules
         out: list[dict[str, Any]] = []
-        car = facts.car_id
-        states = self.states.get(car) or _EMPTY
-        for rule in self.rules if rules is None else rules:
-            key = rule.id
-            state = states.get(key)
-            if changed is not None and state is None and not (rule.inputs & changed):
-                continue
-            if rule.condition(ctx):
-                if state is None:
-                    if states is _EMPTY:
-                        states = self.states[car] = {}
-                    state = states[key] = AlertState(active_since=now, last_true=now)
-                state.last_true = max(state.last_true, now)
-                if not state.firing and now - state.active_since >= rule.for_ms:
-                    state.firing = True
-                    state.incident_id = incident_id(rule.id, facts.car_id, state.active_since)
-                    out.append(self._event(rule, facts, state, "firing", now, wall_ms))
-            elif state is not None:
-                if not state.firing:
-                    del states[key]  # pending that did not last: no alert
-                elif now - state.last_true >= rule.keep_firing_for_ms:
-                    out.append(self._event(rule, facts, state, "resolved", now, wall_ms))
-                    del states[key]
-        if not states and car in self.states:
-            del self.states[car]
+        true_ids = set()
+        for i in trues:
+            rule = rules[i]
+            true_ids.add(rule.id)
+            st = alerts.get(rule.id)
+            if st is None:
+                st = alerts[rule.id] = AlertState(active_since=now, last_true=now)
+            elif now > st.last_true:
+                st.last_true = now
+            if not st.firing and now - st.active_since >= rule.for_ms:
+                st.firing = True
+                st.incident_id = incident_id(rule.id, facts.car_id, st.active_since)
+                out.append(self._event(rule, facts, st, "firing", now, wall_ms))
+        if len(alerts) > len(true_ids):
+            index = self.pack.index
+            for rid in [r for r in alerts if r not in true_ids]:
+                st = alerts[rid]
+                if not st.firing:
+                    del alerts[rid]  # pending that did not last: no alert
+                else:
+                    rule = rules[index[rid]]
+                    if now - st.last_true >= rule.keep_firing_for_ms:
+                        out.append(self._event(rule, facts, st, "resolved", now, wall_ms))
+                        del alerts[rid]
         return out
+
+    def next_deadline(self, facts: VehicleFacts, alerts: Alerts | None, now: int) -> int | None:
+        """The first event time after ``now`` at which evaluating the vehicle again may change something
+        although no event arrives (``now`` being the time of its last evaluation)."""
+        best = self.pack.change_points(facts, now)
+        if alerts:
+            index = self.pack.index
+            for rid, st in alerts.items():
+                rule = self.rules[index[rid]]
+                if not st.firing:
+                    t = st.active_since + rule.for_ms
+                elif st.last_true < now:
+                    t = st.last_true + rule.keep_firing_for_ms
+                else:
+                    continue
+                if t > now and (best is None or t < best):
+                    best = t
+        return best
 
     def _event(
         self,
@@ -123,3 +176,6 @@ class RuleEngine:
             "generated_at": wall,
             "snapshot": {"car": f.car, "reservation": f.reservation, "signals": signals},
         }
+
+
+__all__ += ["ATTR", "Alerts"]

@@ -127,7 +127,7 @@ def parse_rules(text: str) -> list[Rule]:
             raise RuleError(f"duplicate rule id {item['id']!r}", line=line, field_path=f"{i}.id")
         seen.add(item["id"])
         try:
-            condition = compile_expr(item["when"], known_name, resolve)
+            condition = compile_expr(item["when"], known_name, resolve, TIME_DEPENDENT)
         except ExprError as exc:
             col = f" (column {exc.col})" if exc.col else ""
             raise RuleError(f"{exc.args[0]}{col}", line=line, field_path=f"{i}.when") from exc

@@ -1,4 +1,11 @@
-"""What a name in a rule condition reads: compiled once into an accessor of the evaluation context."""
+"""What a name in a rule condition reads, and the per-car facts those names are read from.
+
+A name is a VSS signal (the car's latest value), a snapshot attribute (``car.*``, ``reservation.*``) or a
+derived signal computed from the facts at an event time ``now``. Derived signals that change as time
+passes (``seconds_since_last_event``, ``engine_off_for_s``) have an *anchor*: the event time they count
+from. The engine uses anchors to work out when time alone can change a condition (timers), so a quiet car
+costs nothing until then.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +27,8 @@ SPEED = "Vehicle.Speed"
 
 @dataclass(slots=True)
 class VehicleFacts:
-    """What rules read about one vehicle (kept by the flow alongside its latest state)."""
+    """What rules read about one vehicle. ``device_seen`` holds the car's *current* devices only (a device
+    swapped out of the car is dropped), each with the event time it last reported."""
 
     car_id: int
     values: dict[str, Any]
@@ -32,37 +40,107 @@ class VehicleFacts:
     speed_last: tuple[float, int] | None = None
     engine_on_at: int | None = None  # event time the engine was last seen running
     device_id: str | None = None  # device of the newest event
-
-
-@dataclass(slots=True)
-class Extras:
-    """Per-car facts rules need beyond the state document."""
-
-    device_seen: dict[str, int] = field(default_factory=dict)
-    speed_prev: tuple[float, int] | None = None
-    speed_last: tuple[float, int] | None = None
-    engine_on_at: int | None = None
-    last_device: str | None = None
-    newest: tuple[int, int] = (0, -1)
+    newest: tuple[int, int] = (0, -1)  # (ts, seq) of the newest event folded in
 
     def see(self, tel: Telemetry) -> bool:
-        """Fold one event in; False when it is older than what the car already showed (out of order)."""
-        if self.device_seen.get(tel.device_id, -1) < tel.ts:
-            self.device_seen[tel.device_id] = tel.ts
-        if (tel.ts, tel.seq) < self.newest:
+        """Fold one event into the rule facts (not the values); False when it is older than what the car
+        already showed (out of order), which then changes nothing a rule reads but the device's last seen."""
+        ts = tel.ts
+        seen = self.device_seen
+        if seen.get(tel.device_id, -1) < ts:
+            seen[tel.device_id] = ts
+        stamp = (ts, tel.seq)
+        if stamp < self.newest:
             return False
-        self.newest = (tel.ts, tel.seq)
-        self.last_device = tel.device_id
-        speed = tel.signals.get(SPEED)
-        if type(speed) is float or type(speed) is int:
-            self.speed_prev, self.speed_last = self.speed_last, (float(speed), tel.ts)
-        if tel.signals.get(ENGINE) is True:
-            self.engine_on_at = tel.ts
+        self.newest = stamp
+        self.device_id = tel.device_id
+        self.last_seen = max(self.last_seen, ts)
+        signals = tel.signals
+        speed = signals.get(SPEED)
+        if speed is not None and (type(speed) is float or type(speed) is int):
+            self.speed_prev, self.speed_last = self.speed_last, (float(speed), ts)
+        if signals.get(ENGINE) is True:
+            self.engine_on_at = ts
         return True
 
 
+# Kept for `enrich rules test` replays written against the earlier API: facts beyond the state document.
+@dataclass(slots=True)
+class Extras:
+    device_seen: dict[str, int] = field(default_factory=dict)
+
+
+def _any_door_open(f: VehicleFacts, now: int) -> bool | None:
+    v = f.values
+    known = [x for x in (v.get(DOORS[0]), v.get(DOORS[1]), v.get(DOORS[2]), v.get(DOORS[3])) if x is not None]
+    return any(known) if known else None
+
+
+def _all_doors_closed(f: VehicleFacts, now: int) -> bool | None:
+    anyopen = _any_door_open(f, now)
+    return None if anyopen is None else not anyopen
+
+
+def _silence(f: VehicleFacts, now: int) -> float | None:
+    seen = f.device_seen
+    return (now - min(seen.values())) / 1000 if seen else None
+
+
+def _speed_drop(f: VehicleFacts, now: int) -> float | None:
+    prev, last = f.speed_prev, f.speed_last
+    if prev is None or last is None or last[1] <= prev[1]:
+        return None
+    return prev[0] - last[0]
+
+
+def _speed_rate(f: VehicleFacts, now: int) -> float | None:
+    prev, last = f.speed_prev, f.speed_last
+    if prev is None or last is None or last[1] <= prev[1]:
+        return None
+    return (prev[0] - last[0]) / ((last[1] - prev[1]) / 1000)
+
+
+def _engine_off_for(f: VehicleFacts, now: int) -> float | None:
+    running = f.values.get(ENGINE)
+    if running is True:
+        return 0.0
+    if running is False and f.engine_on_at is not None:
+        return (now - f.engine_on_at) / 1000
+    return None
+
+
+Derived = Callable[[VehicleFacts, int], Any]
+DERIVED: dict[str, tuple[str, Derived]] = {
+    "any_door_open": ("true when any cabin door is open", _any_door_open),
+    "all_doors_closed": ("true when every known door is closed", _all_doors_closed),
+    "seconds_since_last_event": (
+        "event-time seconds since the quietest of the car's current devices reported",
+        _silence,
+    ),
+    "speed_drop_kmh": ("speed lost between the car's last two speed readings (km/h)", _speed_drop),
+    "speed_change_rate_kmh_s": ("that loss divided by the seconds between the readings", _speed_rate),
+    "engine_off_for_s": ("seconds since the engine was last seen running (0 while it runs)", _engine_off_for),
+}
+
+
+def _silence_anchor(f: VehicleFacts) -> int | None:
+    return min(f.device_seen.values()) if f.device_seen else None
+
+
+def _engine_anchor(f: VehicleFacts) -> int | None:
+    return f.engine_on_at if f.values.get(ENGINE) is False else None
+
+
+# Derived signals that grow with event time, in seconds since their anchor (None: time changes nothing).
+TIME_ANCHORS: dict[str, Callable[[VehicleFacts], int | None]] = {
+    "seconds_since_last_event": _silence_anchor,
+    "engine_off_for_s": _engine_anchor,
+}
+TIME_DEPENDENT = frozenset(TIME_ANCHORS)
+
+
 class Ctx:
-    """One evaluation: the vehicle's facts at event time ``now``."""
+    """One evaluation of a single condition (tests, tools): the vehicle's facts at event time ``now``."""
 
     __slots__ = ("facts", "now", "values")
 
@@ -72,62 +150,11 @@ class Ctx:
         self.now = now
 
 
-def _any_door_open(c: Ctx) -> bool | None:
-    known = [v for v in (c.values.get(d) for d in DOORS) if v is not None]
-    return any(known) if known else None
-
-
-def _all_doors_closed(c: Ctx) -> bool | None:
-    anyopen = _any_door_open(c)
-    return None if anyopen is None else not anyopen
-
-
-def _silence(c: Ctx) -> float | None:
-    seen = c.facts.device_seen
-    return (c.now - min(seen.values())) / 1000 if seen else None
-
-
-def _speed_drop(c: Ctx) -> float | None:
-    prev, last = c.facts.speed_prev, c.facts.speed_last
-    if prev is None or last is None or last[1] <= prev[1]:
-        return None
-    return prev[0] - last[0]
-
-
-def _speed_rate(c: Ctx) -> float | None:
-    prev, last = c.facts.speed_prev, c.facts.speed_last
-    if prev is None or last is None or last[1] <= prev[1]:
-        return None
-    return (prev[0] - last[0]) / ((last[1] - prev[1]) / 1000)
-
-
-def _engine_off_for(c: Ctx) -> float | None:
-    running = c.values.get(ENGINE)
-    if running is True:
-        return 0.0
-    if running is False and c.facts.engine_on_at is not None:
-        return (c.now - c.facts.engine_on_at) / 1000
-    return None
-
-
-DERIVED: dict[str, tuple[str, Callable[[Ctx], Any]]] = {
-    "any_door_open": ("true when any cabin door is open", _any_door_open),
-    "all_doors_closed": ("true when every known door is closed", _all_doors_closed),
-    "seconds_since_last_event": (
-        "event-time seconds since the quietest device of the car reported",
-        _silence,
-    ),
-    "speed_drop_kmh": ("speed lost between the car's last two speed readings (km/h)", _speed_drop),
-    "speed_change_rate_kmh_s": ("that loss divided by the seconds between the readings", _speed_rate),
-    "engine_off_for_s": ("seconds since the engine was last seen running (0 while it runs)", _engine_off_for),
-}
-TIME_DEPENDENT = frozenset({"seconds_since_last_event", "engine_off_for_s"})
-
-
 def resolve(name: str) -> Callable[[Ctx], Any]:
-    """The accessor for ``name``: a derived signal, a snapshot attribute, or a VSS signal."""
+    """The accessor for ``name`` on a ``Ctx``: a derived signal, a snapshot attribute, or a VSS signal."""
     if name in DERIVED:
-        return DERIVED[name][1]
+        fn = DERIVED[name][1]
+        return lambda c: fn(c.facts, c.now)
     if name == "reservation.active":
         return lambda c: c.facts.reservation is not None
     for prefix in ("car.", "reservation."):
@@ -140,6 +167,20 @@ def resolve(name: str) -> Callable[[Ctx], Any]:
 
             return read
     return lambda c: c.values.get(name)
+
+
+def source_of(name: str, derived_var: Callable[[str], str]) -> str:
+    """Python source reading ``name`` inside a compiled pack, where ``f`` is the facts, ``v`` their values,
+    ``car``/``res`` the snapshot rows and ``now`` the event time; derived signals come from variables."""
+    if name in DERIVED:
+        return derived_var(name)
+    if name == "reservation.active":
+        return "(res is not None)"
+    if name.startswith("car."):
+        return f"(car.get({name[4:]!r}) if car is not None else None)"
+    if name.startswith("reservation."):
+        return f"(res.get({name[12:]!r}) if res is not None else None)"
+    return f"v.get({name!r})"
 
 
 ATTR = "@attr"  # stands for "a snapshot attribute (car.*, reservation.*) changed"

@@ -1,58 +1,53 @@
-"""Replay recorded enriched events through a rule pack (``enrich rules test``); pure, in event time."""
+"""Replay recorded enriched events through a rule pack (``enrich rules test``), through the flow's own
+state step (``enrich.pipeline.state.StateCore``), so a replay and the flow can never disagree.
+
+Events are fed in event-time order, in chunks, as one partition whose progress is the chunk's newest event
+time (the watermark); timers fire at their data-defined times, so the chunk size does not change the
+result. A device counts for a car as long as its newest recorded event was joined to that car.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
-from enrich.join import CarUpdate, VehicleState
-from enrich.rules.engine import RuleEngine, VehicleFacts
+import orjson
+
+from enrich.pipeline.join import CarEvents
+from enrich.pipeline.roles import DEFAULT_ROLES
+from enrich.pipeline.state import BucketInput, StateCore
+from enrich.rules.engine import RuleEngine
 from enrich.rules.model import Rule
-from enrich.rules.names import Extras
 from enrich.snapshot import Merged
 from enrich.telemetry import Telemetry
 
+CHUNK = 500
+
 
 def replay(
-    rules: list[Rule], events: Iterable[dict[str, Any]], *, sweep_every_ms: int = 1000
+    rules: list[Rule], events: Iterable[dict[str, Any]], *, chunk: int = CHUNK
 ) -> list[dict[str, Any]]:
-    """Fold enriched events (schemas/enriched.v1) per car in event-time order, evaluating the rules after
-    each event and on a timer every ``sweep_every_ms`` of event time. Returns the outlier events."""
-    engine = RuleEngine(rules)
-    timed = [r for r in rules if r.uses_time]
-    states: dict[int, VehicleState] = {}
-    facts: dict[int, VehicleFacts] = {}
-    extras: dict[int, Extras] = {}
-    out: list[dict[str, Any]] = []
-    last_sweep: int | None = None
+    """Outlier events the pack gives for enriched events (schemas/enriched.v1), in event time."""
+    devices: dict[str, Merged] = {}
+
+    def lookup(device_ids: Collection[str]) -> Mapping[str, Merged | None]:
+        return {d: devices.get(d) for d in device_ids}
+
+    core = StateCore(RuleEngine(rules), lookup)
     ordered = sorted((e for e in events if e.get("car_id") is not None), key=lambda e: (e["ts"], e["seq"]))
-    for e in ordered:
-        car = e["car_id"]
-        tel = Telemetry(e["device_id"], e["ts"], e["seq"], e["signals"])
-        upd = CarUpdate(car)
-        rows = {"deviceinfo": e.get("device"), "carinfo": e.get("car"), "reservation": e.get("reservation")}
-        merged = Merged(rows, {})
-        upd.add(tel, merged)
-        state = states.setdefault(car, VehicleState(car))
-        state.merge(upd, e["ts"])
-        ex = extras.setdefault(car, Extras())
-        ex.see(tel)
-        f = facts.get(car)
-        if f is None:
-            f = facts[car] = VehicleFacts(car, state.values, 0, ex.device_seen, None, None)
-        f.last_seen, f.car, f.reservation, f.device_id = (
-            state.last_seen,
-            state.car,
-            state.reservation,
-            tel.device_id,
-        )
-        f.speed_prev, f.speed_last, f.engine_on_at = ex.speed_prev, ex.speed_last, ex.engine_on_at
-        out += engine.evaluate(f, tel.ts, wall_ms=tel.ts)
-        if last_sweep is None or tel.ts - last_sweep >= sweep_every_ms:
-            last_sweep = tel.ts
-            active = set(engine.states)
-            for other, of in facts.items():
-                if other in active or timed:
-                    out += engine.evaluate(of, max(tel.ts, of.last_seen), None if other in active else timed,
-                                           wall_ms=tel.ts)  # fmt: skip
+    out: list[dict[str, Any]] = []
+    roles = DEFAULT_ROLES
+    for start in range(0, len(ordered), chunk):
+        cars: dict[int, CarEvents] = {}
+        for e in ordered[start : start + chunk]:
+            devices[e["device_id"]] = Merged({roles.device: {roles.car_key: e["car_id"]}}, {})
+            ce = cars.get(e["car_id"])
+            if ce is None:
+                ce = cars[e["car_id"]] = CarEvents([])
+            ce.events.append(Telemetry(e["device_id"], e["ts"], e["seq"], e["signals"]))
+            if e["ts"] >= ce.newest:
+                ce.newest, ce.car, ce.reservation = e["ts"], e.get("car"), e.get("reservation")
+        progress = max(e["ts"] for e in ordered[start : start + chunk])
+        result = core.process(BucketInput(cars, "replay", progress), progress)
+        out += [orjson.loads(body) for _car, body in result.outliers]
     return out

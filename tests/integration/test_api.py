@@ -10,9 +10,8 @@ from fastapi.testclient import TestClient
 from alerts.outbox import Job, Outbox
 from api.main import create_app
 from enrich.cdc import Change
-from enrich.join import CarUpdate, merge_state
+from enrich.pipeline.state import fold_documents
 from enrich.settings import Settings
-from enrich.snapshot import Merged
 from enrich.tables import DEFAULT_TABLES
 from enrich.telemetry import Telemetry
 from stores.redis_snapshot import RedisSnapshotStore
@@ -24,11 +23,9 @@ pytestmark = pytest.mark.integration
 def test_vehicle_state_and_device_record(isolated_settings: Settings) -> None:
     s = isolated_settings
     client = redis.Redis.from_url(s.redis_url)
-    docs = {}
+    events = {car: [Telemetry(f"d{car}", 1_000 + car, 1, {"Vehicle.Speed": 10.0 * car})] for car in (1, 2, 3)}
+    docs = fold_documents(events, now_ms=5)
     for car in (1, 2, 3):
-        upd = CarUpdate(car)
-        upd.add(Telemetry(f"d{car}", 1_000 + car, 1, {"Vehicle.Speed": 10.0 * car}), Merged({}, {}))
-        docs[car] = merge_state(None, upd, now_ms=5)
         client.set(f"{s.state_prefix}car:{car}", orjson.dumps(docs[car]))
     store = RedisSnapshotStore(client, DEFAULT_TABLES, prefix=s.snapshot_prefix)
     store.apply([

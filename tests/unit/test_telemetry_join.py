@@ -8,7 +8,12 @@ import orjson
 import pytest
 
 from enrich.errors import DecodeError
-from enrich.join import CarUpdate, enriched_event, join_status, merge_state
+from enrich.pipeline.encode import enriched_event, join_status
+from enrich.pipeline.join import CarEvents
+from enrich.pipeline.roles import DEFAULT_ROLES as ROLES
+from enrich.pipeline.state import BucketInput, StateCore, fold_documents
+from enrich.records import Record
+from enrich.rules.engine import RuleEngine
 from enrich.snapshot import Merged
 from enrich.telemetry import decode_telemetry
 from stores.parquet_history import HistoryWriter, Intervals, read_history
@@ -62,13 +67,13 @@ def merged(device: bool = True, car: bool = True) -> Merged:
 
 def test_join_status_and_enriched_event() -> None:
     tel = decode_telemetry(msg({"Vehicle.Speed": 1}))
-    assert join_status(merged()) == "ok"
-    assert join_status(merged(car=False)) == "partial"
-    assert join_status(merged(device=False)) == "missing" and join_status(None) == "missing"
-    event = enriched_event(tel, merged(), attempts=2, now_ms=5)
+    assert join_status(merged(), ROLES) == "ok"
+    assert join_status(merged(car=False), ROLES) == "partial"
+    assert join_status(merged(device=False), ROLES) == "missing" and join_status(None, ROLES) == "missing"
+    event = enriched_event(tel, merged(), ROLES, attempts=2, now_ms=5)
     assert event["event_id"] == "d1:3" and event["car_id"] == 7
     assert event["enrichment"] == {"status": "ok", "snapshot_position": "L1", "attempts": 2}
-    assert enriched_event(tel, None, attempts=0, now_ms=5)["car_id"] is None
+    assert enriched_event(tel, None, ROLES, attempts=0, now_ms=5)["car_id"] is None
 
 
 def test_state_merge_keeps_the_newest_value_per_signal_in_any_order() -> None:
@@ -79,24 +84,22 @@ def test_state_merge_keeps_the_newest_value_per_signal_in_any_order() -> None:
         )
 
     events = [tel(1, 100, Speed=10.0), tel(2, 300, Speed=30.0), tel(3, 200, Speed=20.0, Cabin__X=1.0)]
-    forward, backward = None, None
-    for order, name in ((events, "f"), (list(reversed(events)), "b")):
-        state = None
-        for e in order:  # one update per event: the worst case for ordering
-            upd = CarUpdate(7)
-            upd.add(e, merged())  # type: ignore[arg-type]
-            state = merge_state(state, upd, now_ms=1)
-        if name == "f":
-            forward = state
-        else:
-            backward = state
-    assert forward is not None and backward is not None
+
+    def fold_one_by_one(order: list[object]) -> dict[str, object]:
+        core = StateCore(RuleEngine([]))
+        doc: dict[str, object] = {}
+        for e in order:  # one batch per event: the worst case for ordering
+            out = core.process(BucketInput({7: CarEvents([e], None, None, e.ts)}, "", 0), 1)  # type: ignore[list-item, attr-defined]
+            doc = orjson.loads(out.states[7])
+        return doc
+
+    forward, backward = fold_one_by_one(events), fold_one_by_one(list(reversed(events)))
     assert forward["signals"] == backward["signals"]
-    assert forward["signals"]["Vehicle.Speed"]["value"] == 30.0
+    assert forward["signals"]["Vehicle.Speed"]["value"] == 30.0  # type: ignore[index]
+    assert forward["signals"]["Vehicle.Cabin__X"]["value"] == 1.0  # type: ignore[index]
     assert forward["last_seen"] == backward["last_seen"] == 300
     assert forward["devices"] == ["d0", "d1"]
-    again = merge_state(dict(forward), CarUpdate(7), now_ms=2)
-    assert again["version"] == forward["version"]  # nothing new: no new version
+    assert fold_documents({7: events})[7]["signals"] == forward["signals"]  # type: ignore[dict-item]
 
 
 def test_intervals_and_history_replays_do_not_duplicate(tmp_path: Path) -> None:
@@ -106,9 +109,7 @@ def test_intervals_and_history_replays_do_not_duplicate(tmp_path: Path) -> None:
     iv.add(8, 9)
     assert list(zip(iv.starts, iv.ends, strict=True)) == [(3, 3), (5, 11)]
     writer = HistoryWriter(tmp_path)
-    rows: list[tuple[int, int, bytes | None, bytes | None]] = [
-        (o, 1_700_000_000_000, b"k", b"v%d" % o) for o in range(100, 110)
-    ]
+    rows = [Record("telemetry", 0, o, b"k", b"v%d" % o, 1_700_000_000_000) for o in range(100, 110)]
     writer.write("telemetry", 0, rows[:6], [])
     # A replay from offset 103 after a restart (a fresh writer reads what is on disk).
     HistoryWriter(tmp_path).write("telemetry", 0, rows[3:], [])

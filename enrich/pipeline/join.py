@@ -1,0 +1,213 @@
+"""The join step of the enrichment flow, one micro-batch of one telemetry partition at a time (pure).
+
+``JoinCore.process(records, now_ms)`` decodes every record, checks its event time, looks the devices up in
+the snapshot (one call of the ``Lookup`` port per batch: a cache hit, or one round trip for the misses),
+and returns a ``JoinBatch``: the enriched messages to produce (key = car id, with the source offset of each
+for dead-letter evidence), the dead letters, the events grouped per car for the state step, and the rows
+of the Parquet history.
+
+Invariants:
+
+* every record ends up exactly once as an enriched message, a dead letter, or pending (buffered, see
+  below) — nothing is dropped silently;
+* a record whose device or car is not in the snapshot yet waits (``pending``, part of the recovery state)
+  and is retried on every later batch and timer, for at most ``max_wait_ms`` of processing time and at
+  most ``max_pending`` records; then it is emitted with ``enrichment.status`` = ``missing``/``partial``.
+  Later events of a waiting device wait behind it, so a device's events leave in order;
+* an event stamped more than ``max_future_skew_ms`` ahead of the wall clock (a device with a wrong clock),
+  or older than ``max_age_ms`` (when set), is dead-lettered with reason ``future_timestamp`` / ``too_old``:
+  it never reaches the state, the watermark or a timer;
+* ``progress`` is the newest event time of the batch's accepted events: the partition's contribution to
+  the watermark.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from enrich.deadletter import dead_letter
+from enrich.errors import DecodeError
+from enrich.pipeline.encode import Fragment, encode, fragment, tail
+from enrich.pipeline.roles import DEFAULT_ROLES, Roles
+from enrich.records import Record
+from enrich.snapshot import Merged
+from enrich.telemetry import DEFAULT_MAX_BYTES, Telemetry, decode_telemetry
+
+
+class Lookup(Protocol):
+    """The snapshot, as the join sees it: merged device records by device id (misses left out or None)."""
+
+    def __call__(self, device_ids: Collection[str]) -> Mapping[str, Merged | None]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class JoinConfig:
+    max_wait_ms: int = 2000
+    max_pending: int = 20_000
+    max_future_skew_ms: int = 300_000
+    max_age_ms: int = 0  # 0: no horizon
+    max_event_bytes: int = DEFAULT_MAX_BYTES
+    roles: Roles = DEFAULT_ROLES
+
+
+@dataclass(slots=True)
+class Pending:
+    record: Record
+    tel: Telemetry
+    first_seen_ms: int
+    attempts: int = 0
+
+
+@dataclass(slots=True)
+class JoinState:
+    """The recovery state of one partition's join: the records waiting for their snapshot rows."""
+
+    pending: list[Pending] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class CarEvents:
+    """What one batch says about one car: its events in arrival order, and its snapshot rows as of the
+    newest of them."""
+
+    events: list[Telemetry]
+    car: dict[str, object] | None = None
+    reservation: dict[str, object] | None = None
+    newest: int = -1
+
+
+EnrichedRow = tuple[int, str, int | None, int, str, bytes]  # offset, event id, car id, ts, status, JSON
+
+
+@dataclass(slots=True)
+class JoinBatch:
+    topic: str = ""
+    partition: int = -1
+    keys: list[bytes] = field(default_factory=list)  # enriched messages: key, value, source offset
+    bodies: list[bytes] = field(default_factory=list)
+    offsets: list[int] = field(default_factory=list)
+    dead: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+    dead_reasons: dict[str, int] = field(default_factory=dict)
+    cars: dict[int, CarEvents] = field(default_factory=dict)
+    records: list[Record] = field(default_factory=list)  # the raw history: every record read
+    enriched_rows: list[EnrichedRow] = field(default_factory=list)
+    progress: int = 0
+    idle: bool = False  # the partition reported it is idle (no records; see enrich.pipeline.watermark)
+    misses: dict[str, int] = field(default_factory=dict)  # emitted without a full record, by status
+    retried: int = 0  # buffered records joined on a retry
+    pending: int = 0
+
+    @property
+    def part_key(self) -> str:
+        return f"{self.topic}-{self.partition}"
+
+
+class JoinCore:
+    def __init__(
+        self, lookup: Lookup, config: JoinConfig | None = None, state: JoinState | None = None
+    ) -> None:
+        self.lookup = lookup
+        self.config = config or JoinConfig()
+        self.state = state or JoinState()
+
+    @property
+    def has_pending(self) -> bool:
+        return bool(self.state.pending)
+
+    def process(self, records: list[Record], now_ms: int, *, final: bool = False) -> JoinBatch:
+        """Join one batch of records of one partition (and retry what is pending)."""
+        cfg = self.config
+        out = JoinBatch(records=records)
+        if records:
+            out.topic, out.partition = records[0].topic, records[0].partition
+        elif self.state.pending:
+            first = self.state.pending[0].record
+            out.topic, out.partition = first.topic, first.partition
+        newest_ok = now_ms + cfg.max_future_skew_ms
+        oldest_ok = now_ms - cfg.max_age_ms if cfg.max_age_ms > 0 else 0
+        decoded: list[tuple[Record, Telemetry]] = []
+        for rec in records:
+            try:
+                tel = decode_telemetry(rec.value, cfg.max_event_bytes)
+                if tel.ts > newest_ok:
+                    raise DecodeError(
+                        f"event time {tel.ts} is {tel.ts - now_ms} ms ahead of the wall clock "
+                        f"(limit {cfg.max_future_skew_ms} ms)",
+                        reason="future_timestamp",
+                        field_path="ts",
+                    )
+                if tel.ts < oldest_ok:
+                    raise DecodeError(
+                        f"event time {tel.ts} is older than the horizon of {cfg.max_age_ms} ms",
+                        reason="too_old",
+                        field_path="ts",
+                    )
+            except DecodeError as exc:
+                out.dead.append(
+                    dead_letter(
+                        exc, stage="telemetry.decode", source=rec.ref(), value=rec.value, now_ms=now_ms
+                    )
+                )
+                out.dead_reasons[exc.reason] = out.dead_reasons.get(exc.reason, 0) + 1
+                continue
+            decoded.append((rec, tel))
+        pending = self.state.pending
+        if not decoded and not pending:
+            return out
+        wanted = {tel.device_id for _, tel in decoded}
+        wanted.update(p.tel.device_id for p in pending)
+        merged = self.lookup(wanted)
+        roles = cfg.roles
+        end0 = tail(0, now_ms)
+        still: list[Pending] = []
+        waiting: set[str] = set()
+        if pending:
+            for p in pending:
+                m = merged.get(p.tel.device_id)
+                frag = fragment(m, roles)
+                if frag.status != "ok" or p.tel.device_id in waiting:
+                    if not final and now_ms - p.first_seen_ms < cfg.max_wait_ms:
+                        p.attempts += 1
+                        still.append(p)
+                        waiting.add(p.tel.device_id)
+                        continue
+                    if frag.status != "ok":
+                        out.misses[frag.status] = out.misses.get(frag.status, 0) + 1
+                else:
+                    out.retried += 1
+                self._emit(out, p.record, p.tel, frag, tail(p.attempts, now_ms))
+        for rec, tel in decoded:
+            m = merged.get(tel.device_id)
+            frag = fragment(m, roles)
+            if frag.status != "ok" or (waiting and tel.device_id in waiting):
+                if not final and len(still) < cfg.max_pending:
+                    still.append(Pending(rec, tel, now_ms, 1))
+                    waiting.add(tel.device_id)
+                    continue
+                if frag.status != "ok":
+                    out.misses[frag.status] = out.misses.get(frag.status, 0) + 1
+            self._emit(out, rec, tel, frag, end0)
+        self.state.pending = still
+        out.pending = len(still)
+        return out
+
+    @staticmethod
+    def _emit(out: JoinBatch, rec: Record, tel: Telemetry, frag: Fragment, end: bytes) -> None:
+        event_id = f"{tel.device_id}:{tel.seq}"
+        body = encode(tel, event_id, frag, end)
+        car = frag.car_id
+        out.keys.append(frag.key if frag.key is not None else tel.device_id.encode())
+        out.bodies.append(body)
+        out.offsets.append(rec.offset)
+        out.enriched_rows.append((rec.offset, event_id, car, tel.ts, frag.status, body))
+        out.progress = max(out.progress, tel.ts)
+        if car is not None:
+            ce = out.cars.get(car)
+            if ce is None:
+                ce = out.cars[car] = CarEvents([])
+            ce.events.append(tel)
+            if tel.ts >= ce.newest:
+                ce.newest = tel.ts
+                ce.car, ce.reservation = frag.car, frag.reservation

@@ -1,0 +1,374 @@
+"""The state step of the enrichment flow: latest vehicle state, outlier rules and their timers (pure).
+
+A ``StateCore`` owns the vehicles of one key range (a bucket of car ids). ``process(BucketInput)`` takes
+one join batch's events of its cars plus the batch's partition report, and returns a ``StateOut``: the
+state documents to write (schemas/vehicle-state.v1, one per changed car) and the outlier events.
+
+Invariants:
+
+* **Latest state.** Per signal the value of the newest event (event time, then sequence) wins; an older
+  event never overwrites a newer value, so folding is idempotent and order-free (replays are harmless).
+* **Rules see every event in order** as the car looked right after it (events of a car are sorted by
+  (event time, sequence) within a batch; an event older than what the car already showed changes no value
+  a rule reads). A car is evaluated at an event only when an input of the pack changed, a snapshot
+  attribute changed, or an alert is pending or firing.
+* **Timers in event time.** After each evaluation the car files its next deadline (``RuleEngine.
+  next_deadline``) in a timing wheel. Deadlines are evaluated *at the deadline's own time* once the
+  watermark passes it, or before an event of the car that is later than the deadline when every partition
+  the car's devices report on has passed it too — so incident start and end times come from the data,
+  never from when a batch happened to arrive. The cost of time passing is the number of due deadlines.
+* **Current devices only.** The car's devices are checked against the snapshot (``Lookup``) before any
+  deadline is evaluated and whenever a new device reports for the car; a device that no longer belongs to
+  it stops counting (its silence is not the car's).
+* Evaluation time never goes backwards for a car (an event later than a fired deadline but older than it
+  in event time is evaluated at the deadline's time), so an incident never ends before it starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from enrich.pipeline.encode import car_of
+from enrich.pipeline.join import CarEvents, Lookup
+from enrich.pipeline.roles import DEFAULT_ROLES, Roles
+from enrich.pipeline.timers import Timers
+from enrich.pipeline.watermark import Watermark
+from enrich.rules.engine import Alerts, AlertState, RuleEngine
+from enrich.rules.names import ATTR, VehicleFacts
+from enrich.telemetry import Scalar, Telemetry
+
+LAT, LON = "Vehicle.CurrentLocation.Latitude", "Vehicle.CurrentLocation.Longitude"
+Stamp = tuple[int, int, str]  # event time, sequence, device
+_MISSING = object()
+
+
+@dataclass(slots=True)
+class CarState(VehicleFacts):
+    """The facts rules read, plus what the state document and the timers need."""
+
+    stamps: dict[str, Stamp] = field(default_factory=dict)
+    partitions: dict[str, str] = field(default_factory=dict)  # device -> partition it reports on
+    alerts: Alerts = field(default_factory=dict)
+    evaluated_at: int = 0  # event time of the last rule evaluation
+    deadline: int | None = None  # filed in the timers (kept here for the recovery snapshot)
+    updated_at: int = 0
+    version: int = 0
+    dirty: bool = False  # the document changed since it was last written
+
+    def document(self) -> dict[str, Any]:
+        stamps = self.stamps
+        signals = {}
+        for path, value in self.values.items():
+            st = stamps[path]
+            signals[path] = {"value": value, "ts": st[0], "seq": st[1], "device_id": st[2]}
+        lat, lon = self.values.get(LAT), self.values.get(LON)
+        return {
+            "car_id": self.car_id,
+            "last_seen": self.last_seen,
+            "location": {"lat": lat, "lon": lon} if lat is not None and lon is not None else None,
+            "signals": signals,
+            "car": self.car,
+            "reservation": self.reservation,
+            "devices": sorted(self.device_seen),
+            "updated_at": self.updated_at,
+            "version": self.version,
+        }
+
+    def freeze(self) -> tuple[Any, ...]:
+        """Everything but the document, as plain values (the recovery snapshot)."""
+        alerts = {k: (a.active_since, a.last_true, a.firing, a.incident_id) for k, a in self.alerts.items()}
+        return (self.speed_prev, self.speed_last, self.engine_on_at, self.device_id, self.newest,
+                dict(self.device_seen), dict(self.partitions), alerts, self.evaluated_at,
+                self.deadline)  # fmt: skip
+
+    @classmethod
+    def thaw(cls, doc: dict[str, Any], frozen: tuple[Any, ...]) -> CarState:
+        signals = doc["signals"]
+        sp, sl, eng, dev, newest, seen, parts, alerts, evaluated, deadline = frozen
+        return cls(
+            car_id=doc["car_id"],
+            values={p: s["value"] for p, s in signals.items()},
+            last_seen=doc["last_seen"],
+            device_seen=dict(seen),
+            car=doc["car"],
+            reservation=doc["reservation"],
+            speed_prev=sp,
+            speed_last=sl,
+            engine_on_at=eng,
+            device_id=dev,
+            newest=newest,
+            stamps={p: (s["ts"], s["seq"], s["device_id"]) for p, s in signals.items()},
+            partitions=dict(parts),
+            alerts={k: AlertState(*a) for k, a in alerts.items()},
+            evaluated_at=evaluated,
+            deadline=deadline,
+            updated_at=doc["updated_at"],
+            version=doc["version"],
+        )
+
+
+@dataclass(slots=True)
+class BucketInput:
+    """One join batch, as one bucket sees it: the events of its cars and the partition's report."""
+
+    cars: dict[int, CarEvents]
+    partition: str
+    progress: int  # newest event time of the batch (0 when none)
+    idle: bool = False  # the partition is idle (see enrich.pipeline.watermark)
+
+
+@dataclass(slots=True)
+class StateOut:
+    states: dict[int, bytes] = field(default_factory=dict)  # car -> vehicle-state JSON
+    outliers: list[tuple[int, bytes]] = field(default_factory=list)  # (car, outlier JSON)
+
+    def __bool__(self) -> bool:
+        return bool(self.states or self.outliers)
+
+
+@dataclass(slots=True)
+class StateSnapshot:
+    """The recovery state of one bucket: per car its document and frozen facts; the watermark."""
+
+    cars: dict[int, tuple[bytes, tuple[Any, ...]]]
+    progress: dict[str, int]
+    idle: set[str]
+    watermark: int | None
+
+
+class StateCore:
+    def __init__(
+        self,
+        engine: RuleEngine,
+        lookup: Lookup | None = None,
+        resume: StateSnapshot | None = None,
+        *,
+        roles: Roles = DEFAULT_ROLES,
+    ) -> None:
+        self.engine = engine
+        self.lookup = lookup
+        self.roles = roles
+        self.rules_on = bool(engine.rules)
+        self.inputs = engine.inputs
+        self.time_inputs = engine.pack.time_inputs
+        self.cars: dict[int, CarState] = {}
+        self.timers = Timers()
+        snap = resume or StateSnapshot({}, {}, set(), None)
+        self.frozen = dict(snap.cars)  # what the recovery snapshot holds, refreshed per touched car
+        self.watermark = Watermark(dict(snap.progress), set(snap.idle), snap.watermark)
+        for car, (_doc, frozen) in self.frozen.items():
+            if frozen[9] is not None:
+                self.timers.file(car, frozen[9])
+
+    # -- state -----------------------------------------------------------------------------------------
+    def car(self, car_id: int) -> CarState:
+        cs = self.cars.get(car_id)
+        if cs is None:
+            known = self.frozen.get(car_id)
+            if known is not None:
+                cs = CarState.thaw(orjson.loads(known[0]), known[1])
+            else:
+                cs = CarState(car_id, {}, 0, {}, None, None)
+            self.cars[car_id] = cs
+        return cs
+
+    def snapshot(self) -> StateSnapshot:
+        return StateSnapshot(
+            dict(self.frozen), dict(self.watermark.progress), set(self.watermark.idle), self.watermark.value
+        )
+
+    # -- the work --------------------------------------------------------------------------------------
+    def process(self, inp: BucketInput, wall_ms: int) -> StateOut:
+        out = StateOut()
+        touched: set[int] = set()
+        wm = self.watermark.value
+        if inp.partition:
+            wm = self.watermark.observe(inp.partition, inp.progress, inp.idle)
+        if inp.cars:
+            self._validate_for_batch(inp)
+            for car_id, ce in inp.cars.items():
+                self._car_events(car_id, ce, inp.partition, wall_ms, out)
+                touched.add(car_id)
+        if wm is not None and self.rules_on:
+            touched.update(self._sweep(wm, wall_ms, out))
+        self._finish(touched, out, wall_ms)
+        return out
+
+    def _car_events(self, car_id: int, ce: CarEvents, partition: str, wall_ms: int, out: StateOut) -> None:
+        cs = self.car(car_id)
+        events = ce.events
+        if len(events) > 1:
+            events = sorted(events, key=_order)
+        new_car = not cs.device_seen and not cs.values
+        attr_changed = False
+        if (
+            ce.newest >= cs.last_seen
+            and ce.car is not None
+            and (ce.car != cs.car or ce.reservation != cs.reservation)
+        ):
+            cs.car, cs.reservation = ce.car, ce.reservation
+            attr_changed = cs.dirty = True
+        values, stamps, inputs, rules_on = cs.values, cs.stamps, self.inputs, self.rules_on
+        devices_changed = False
+        for tel in events:
+            if rules_on and tel.ts > cs.evaluated_at:
+                filed = self.timers.filed(car_id)
+                if filed is not None and filed < tel.ts:
+                    limit = min(tel.ts - 1, self._car_watermark(cs))
+                    if filed <= limit:
+                        self._run_deadlines(cs, limit, wall_ms, out)
+            if tel.device_id not in cs.device_seen:
+                devices_changed = True
+            cs.partitions[tel.device_id] = partition
+            signals = tel.signals
+            if not cs.see(tel):
+                _merge_older(values, stamps, signals, (tel.ts, tel.seq, tel.device_id))
+                cs.dirty = True
+                continue
+            changed = False
+            if rules_on:
+                for k in signals.keys() & inputs:
+                    if values.get(k, _MISSING) != signals[k]:
+                        changed = True
+                        break
+            values.update(signals)
+            stamps.update(dict.fromkeys(signals, (tel.ts, tel.seq, tel.device_id)))
+            cs.dirty = True
+            if rules_on and (changed or attr_changed or cs.alerts or new_car):
+                now = tel.ts if tel.ts > cs.evaluated_at else cs.evaluated_at
+                before = len(cs.alerts)
+                events_out = self.engine.step(cs, cs.alerts, now, wall_ms=wall_ms)
+                cs.evaluated_at = now
+                for e in events_out:
+                    out.outliers.append((car_id, orjson.dumps(e)))
+                if cs.alerts or before or new_car or (changed and self.time_inputs & signals.keys()):
+                    self._refile(cs)
+                attr_changed = new_car = False
+        if rules_on and (devices_changed or self.timers.filed(car_id) is None):
+            self._refile(cs)
+
+    def _car_watermark(self, cs: CarState) -> int:
+        """How far every partition this car's devices report on has got (a per-car watermark)."""
+        progress = self.watermark.progress
+        parts = cs.partitions
+        if len(parts) == 1:
+            for p in parts.values():
+                return progress.get(p, 0)
+        return min((progress.get(p, 0) for p in parts.values()), default=0)
+
+    def _refile(self, cs: CarState) -> None:
+        deadline = self.engine.next_deadline(cs, cs.alerts, cs.evaluated_at)
+        if deadline is not None:
+            self.timers.file(cs.car_id, deadline)
+        cs.deadline = self.timers.filed(cs.car_id)
+
+    def _run_deadlines(self, cs: CarState, limit: int, wall_ms: int, out: StateOut) -> None:
+        """Evaluate the car at each of its deadlines up to ``limit``; file the next one after it."""
+        self.timers.cancel(cs.car_id)
+        cs.deadline = None
+        engine = self.engine
+        while True:
+            deadline = engine.next_deadline(cs, cs.alerts, cs.evaluated_at)
+            if deadline is None:
+                return
+            if deadline > limit:
+                self.timers.file(cs.car_id, deadline)
+                cs.deadline = deadline
+                return
+            for e in engine.step(cs, cs.alerts, deadline, wall_ms=wall_ms):
+                out.outliers.append((cs.car_id, orjson.dumps(e)))
+            cs.evaluated_at = deadline
+
+    def _sweep(self, wm: int, wall_ms: int, out: StateOut) -> list[int]:
+        due = self.timers.due(wm)
+        if not due:
+            return []
+        cars = [self.car(car_id) for _, car_id in due]
+        self._validate(cars)
+        for cs in cars:
+            self._run_deadlines(cs, wm, wall_ms, out)
+        return [cs.car_id for cs in cars]
+
+    # -- current devices -------------------------------------------------------------------------------
+    def _validate_for_batch(self, inp: BucketInput) -> None:
+        """Check the devices of cars that get a new device, or whose deadline the batch will pass."""
+        if self.lookup is None:
+            return
+        todo = []
+        for car_id, ce in inp.cars.items():
+            cs = self.cars.get(car_id) or (self.car(car_id) if car_id in self.frozen else None)
+            if cs is None or not cs.device_seen:
+                continue
+            filed = self.timers.filed(car_id)
+            if (filed is not None and filed < ce.newest) or any(
+                t.device_id not in cs.device_seen for t in ce.events
+            ):
+                todo.append(cs)
+        if todo:
+            self._validate(todo)
+
+    def _validate(self, cars: Collection[CarState]) -> None:
+        if self.lookup is None:
+            return
+        wanted = {d for cs in cars for d in cs.device_seen}
+        if not wanted:
+            return
+        found: Mapping[str, Any] = self.lookup(wanted)
+        for cs in cars:
+            gone = [d for d in cs.device_seen if car_of(found.get(d), self.roles) != cs.car_id]
+            for d in gone:
+                del cs.device_seen[d]
+                cs.partitions.pop(d, None)
+                cs.dirty = True
+            if gone:
+                self._refile(cs)
+
+    # -- output ----------------------------------------------------------------------------------------
+    def _finish(self, touched: set[int], out: StateOut, wall_ms: int) -> None:
+        for car_id in touched:
+            cs = self.cars[car_id]
+            if cs.dirty:
+                cs.dirty = False
+                cs.version += 1
+                cs.updated_at = wall_ms
+                body = orjson.dumps(cs.document())
+                out.states[car_id] = body
+            else:
+                known = self.frozen.get(car_id)
+                body = known[0] if known is not None else orjson.dumps(cs.document())
+            self.frozen[car_id] = (body, cs.freeze())
+
+
+def _order(tel: Telemetry) -> tuple[int, int]:
+    return (tel.ts, tel.seq)
+
+
+def _merge_older(
+    values: dict[str, Scalar], stamps: dict[str, Stamp], new: dict[str, Scalar], stamp: Stamp
+) -> None:
+    """An out-of-order event: each of its signals wins only where the state holds an older value."""
+    for path, value in new.items():
+        have = stamps.get(path)
+        if have is None or (have[0], have[1]) < (stamp[0], stamp[1]):
+            values[path] = value
+            stamps[path] = stamp
+
+
+__all__ = ["ATTR", "BucketInput", "CarState", "StateCore", "StateOut", "StateSnapshot"]
+
+
+def fold_documents(
+    events: dict[int, list[Telemetry]], *, now_ms: int = 0, rows: dict[int, dict[str, Any]] | None = None
+) -> dict[int, dict[str, Any]]:
+    """The state documents of cars after folding ``events`` (no rules): the flow's fold, for tests/tools."""
+    core = StateCore(RuleEngine([]))
+    cars = {
+        car: CarEvents(list(evs), (rows or {}).get(car), None, max((t.ts for t in evs), default=-1))
+        for car, evs in events.items()
+    }
+    out = core.process(BucketInput(cars, "", 0), now_ms)
+    return {car: orjson.loads(body) for car, body in out.states.items()}
