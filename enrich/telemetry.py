@@ -52,6 +52,7 @@ _KIND: dict[str, int] = {
     **dict.fromkeys(BOOL_SIGNALS, _BOOL),
     **dict.fromkeys(STRING_SIGNALS, _STRING),
 }
+_TYPE: dict[str, type] = {path: (float, bool, str)[kind] for path, kind in _KIND.items()}
 DEFAULT_MAX_BYTES = 1 << 20
 
 Scalar = float | int | bool | str | None
@@ -71,14 +72,15 @@ def _schema_error(message: str, path: str) -> DecodeError:
 
 
 def _flatten(node: dict[str, Any], prefix: str, out: dict[str, Any]) -> None:
+    """``prefix`` ends with a dot; known signals are leaves."""
     for key, value in node.items():
-        path = f"{prefix}.{key}"
         if type(value) is dict:
+            path = prefix + key
             if path in _KIND:
                 raise _schema_error("a known signal must be a scalar, got an object", f"signals.{path}")
-            _flatten(value, path, out)
+            _flatten(value, path + ".", out)
         else:
-            out[path] = value
+            out[prefix + key] = value
 
 
 def _coerce(path: str, kind: int | None, value: Any) -> Scalar:
@@ -146,30 +148,30 @@ def decode_telemetry(value: bytes | None, max_bytes: int = DEFAULT_MAX_BYTES) ->
             if type(item) is dict:
                 if key != "Vehicle":
                     raise _schema_error("nested signals start at Vehicle", f"signals.{key}")
-                _flatten(item, key, flat)
+                _flatten(item, "Vehicle.", flat)
             else:
                 flat[key] = item
     else:
         flat = raw
-    kinds = _KIND
+    types = _TYPE
     for path, v in flat.items():
-        kind = kinds.get(path)
         t = type(v)
-        # Fast path: a value of the signal's own type (or any scalar of an unknown signal) needs no work.
-        if kind is None:
-            if t is not dict and t is not list:
-                if not path.startswith("Vehicle."):
-                    raise _schema_error("signal paths start with Vehicle.", f"signals.{path}")
-                continue
-        elif kind == _FLOAT:
-            if t is float or t is int:
-                continue
-        elif kind == _BOOL:
-            if t is bool:
-                continue
-        elif t is str:
+        want = types.get(path)
+        # Fast path: a value of the signal's own type, or a scalar of an unknown signal, needs no work.
+        if t is want:
             continue
+        if want is None and t is not dict and t is not list and path.startswith("Vehicle."):
+            continue
+        if t is str and want is float:  # a number sent as a string: the common coercion
+            try:
+                flat[path] = float(v)
+                continue
+            except ValueError:
+                pass
         if not path.startswith("Vehicle."):
             raise _schema_error("signal paths start with Vehicle.", f"signals.{path}")
+        kind = _KIND.get(path)
+        if kind == _FLOAT and t is int:
+            continue
         flat[path] = _coerce(path, kind, v)
     return Telemetry(device, ts, seq, flat)

@@ -165,7 +165,7 @@ class _OutPartition(StatefulSinkPartition[JoinBatch, None]):
     def __init__(self, settings: Settings) -> None:
         self.enriched = KafkaWriter(settings.kafka_bootstrap, settings.topic_enriched)
         self.dlq = DeadLetterProducer(settings.kafka_bootstrap, settings.topic_dlq)
-        self.history = HistoryWriter(settings.history_dir or settings.state_dir / "history")
+        self.history = HistoryWriter(settings.history_dir or settings.state_dir / "history", background=True)
         self.flush_s = settings.history_flush_s
         self.max_rows = 200_000
         self._raw: dict[tuple[str, int], list[object]] = {}
@@ -189,25 +189,30 @@ class _OutPartition(StatefulSinkPartition[JoinBatch, None]):
         self.enriched.poll()
         metrics.EVENTS_OUT.inc(n)
         if self._buffered >= self.max_rows or time.monotonic() - self._last_flush >= self.flush_s:
-            self._flush()
+            self._flush(durable=False)
 
-    def _flush(self) -> None:
+    def _flush(self, *, durable: bool) -> None:
+        """Hand the buffered rows to the history writer; with ``durable``, also wait until every message
+        and file is delivered (the end of an epoch)."""
         start = time.perf_counter()
-        self.enriched.flush()
-        self.dlq.flush()
         for key in set(self._raw) | set(self._rows):
             self.history.write(key[0], key[1], self._raw.get(key, []), self._rows.get(key, []))  # type: ignore[arg-type]
         self._raw.clear()
         self._rows.clear()
         self._buffered = 0
         self._last_flush = time.monotonic()
+        if durable:
+            self.enriched.flush()
+            self.dlq.flush()
+            self.history.wait()
         metrics.BATCH_SECONDS.labels("enrich_flush").observe(time.perf_counter() - start)
 
     def snapshot(self) -> None:
-        self._flush()
+        self._flush(durable=True)
 
     def close(self) -> None:
-        self._flush()
+        self._flush(durable=True)
+        self.history.close()
 
 
 class OutSink(FixedPartitionedSink[JoinBatch, None]):

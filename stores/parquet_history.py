@@ -17,6 +17,7 @@ import os
 import re
 from bisect import bisect_right
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -92,9 +93,32 @@ _HOUR_MS = 3_600_000
 
 
 class HistoryWriter:
-    def __init__(self, root: Path) -> None:
+    """With ``background``, files are compressed and written by one thread of their own (pyarrow releases
+    the GIL while it compresses and writes), overlapping the flow's work; ``wait()`` returns once every
+    file handed over so far is on disk (the flow calls it before an epoch may close) and raises the first
+    write error."""
+
+    def __init__(self, root: Path, *, background: bool = False) -> None:
         self.root = root
         self._written: dict[tuple[str, str, int], Intervals] = {}
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="history") if background else None
+        self._pending: list[Future[None]] = []
+
+    def wait(self) -> None:
+        pending, self._pending = self._pending, []
+        for f in pending:
+            f.result()
+
+    def close(self) -> None:
+        self.wait()
+        if self._pool is not None:
+            self._pool.shutdown()
+
+    @staticmethod
+    def _store(part: pa.Table, target: Path) -> None:
+        tmp = target.with_suffix(".tmp")
+        pq.write_table(part, tmp, compression="zstd")
+        os.replace(tmp, target)
 
     def _index(self, kind: str, topic: str, partition: int) -> Intervals:
         key = (kind, topic, partition)
@@ -131,9 +155,12 @@ class HistoryWriter:
             folder = self.root / kind / f"date={t:%Y-%m-%d}" / f"hour={t:%H}"
             folder.mkdir(parents=True, exist_ok=True)
             target = folder / f"{topic}-p{partition}-{lo:012d}-{hi:012d}.parquet"
-            tmp = target.with_suffix(".tmp")
-            pq.write_table(part, tmp, compression="zstd")
-            os.replace(tmp, target)
+            if self._pool is None:
+                self._store(part, target)
+            else:
+                self._pending.append(self._pool.submit(self._store, part, target))
+            # Known as written from the hand-over on: a failed write fails wait(), the worker restarts and
+            # rebuilds this index from the files on disk.
             index.add_all(offs.to_pylist())
             written.append(target)
         return written

@@ -23,6 +23,7 @@ Invariants:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -39,7 +40,7 @@ from enrich.telemetry import DEFAULT_MAX_BYTES, Telemetry, decode_telemetry
 class Lookup(Protocol):
     """The snapshot, as the join sees it: merged device records by device id (misses left out or None)."""
 
-    def __call__(self, device_ids: Collection[str]) -> Mapping[str, Merged | None]: ...
+    def __call__(self, device_ids: Collection[str], /) -> Mapping[str, Merged | None]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +105,16 @@ class JoinBatch:
         return f"{self.topic}-{self.partition}"
 
 
+@dataclass(slots=True)
+class JoinTimes:
+    """Seconds spent per phase since the core was built (one clock read per phase per batch)."""
+
+    decode: float = 0.0  # parsing, validation, event-time checks, dead letters
+    lookup: float = 0.0  # the snapshot (cache hits, one round trip for misses)
+    emit: float = 0.0  # the enriched JSON, grouping per car, history rows
+    events: int = 0
+
+
 class JoinCore:
     def __init__(
         self, lookup: Lookup, config: JoinConfig | None = None, state: JoinState | None = None
@@ -111,6 +122,7 @@ class JoinCore:
         self.lookup = lookup
         self.config = config or JoinConfig()
         self.state = state or JoinState()
+        self.times = JoinTimes()
 
     @property
     def has_pending(self) -> bool:
@@ -119,6 +131,8 @@ class JoinCore:
     def process(self, records: list[Record], now_ms: int, *, final: bool = False) -> JoinBatch:
         """Join one batch of records of one partition (and retry what is pending)."""
         cfg = self.config
+        clock = time.perf_counter
+        t0 = clock()
         out = JoinBatch(records=records)
         if records:
             out.topic, out.partition = records[0].topic, records[0].partition
@@ -154,11 +168,17 @@ class JoinCore:
                 continue
             decoded.append((rec, tel))
         pending = self.state.pending
+        times = self.times
+        t1 = clock()
+        times.decode += t1 - t0
+        times.events += len(records)
         if not decoded and not pending:
             return out
         wanted = {tel.device_id for _, tel in decoded}
         wanted.update(p.tel.device_id for p in pending)
         merged = self.lookup(wanted)
+        t2 = clock()
+        times.lookup += t2 - t1
         roles = cfg.roles
         end0 = tail(0, now_ms)
         still: list[Pending] = []
@@ -191,6 +211,7 @@ class JoinCore:
             self._emit(out, rec, tel, frag, end0)
         self.state.pending = still
         out.pending = len(still)
+        times.emit += clock() - t2
         return out
 
     @staticmethod

@@ -26,6 +26,7 @@ Invariants:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,7 +39,7 @@ from enrich.pipeline.roles import DEFAULT_ROLES, Roles
 from enrich.pipeline.timers import Timers
 from enrich.pipeline.watermark import Watermark
 from enrich.rules.engine import Alerts, AlertState, RuleEngine
-from enrich.rules.names import ATTR, VehicleFacts
+from enrich.rules.names import ATTR, ENGINE, SPEED, VehicleFacts
 from enrich.telemetry import Scalar, Telemetry
 
 LAT, LON = "Vehicle.CurrentLocation.Latitude", "Vehicle.CurrentLocation.Longitude"
@@ -158,7 +159,10 @@ class StateCore:
         self.cars: dict[int, CarState] = {}
         self.timers = Timers()
         snap = resume or StateSnapshot({}, {}, set(), None)
-        self.frozen = dict(snap.cars)  # what the recovery snapshot holds, refreshed per touched car
+        self.frozen = dict(snap.cars)  # the recovery snapshot: per car (document, frozen facts)
+        self._docs: dict[int, bytes] = {}  # the last document written per car
+        self._unsnapped: set[int] = set()  # cars touched since the last snapshot
+        self.encode_s = 0.0  # seconds spent encoding state documents (for the stage budget)
         self.watermark = Watermark(dict(snap.progress), set(snap.idle), snap.watermark)
         for car, (_doc, frozen) in self.frozen.items():
             if frozen[9] is not None:
@@ -177,8 +181,19 @@ class StateCore:
         return cs
 
     def snapshot(self) -> StateSnapshot:
+        """The recovery state; cars touched since the last snapshot are frozen now (once per epoch, not
+        once per batch)."""
+        frozen, docs, cars = self.frozen, self._docs, self.cars
+        for car_id in self._unsnapped:
+            cs = cars[car_id]
+            body = docs.get(car_id)
+            if body is None:
+                known = frozen.get(car_id)
+                body = known[0] if known is not None else orjson.dumps(cs.document())
+            frozen[car_id] = (body, cs.freeze())
+        self._unsnapped.clear()
         return StateSnapshot(
-            dict(self.frozen), dict(self.watermark.progress), set(self.watermark.idle), self.watermark.value
+            dict(frozen), dict(self.watermark.progress), set(self.watermark.idle), self.watermark.value
         )
 
     # -- the work --------------------------------------------------------------------------------------
@@ -212,23 +227,40 @@ class StateCore:
         ):
             cs.car, cs.reservation = ce.car, ce.reservation
             attr_changed = cs.dirty = True
-        values, stamps, inputs, rules_on = cs.values, cs.stamps, self.inputs, self.rules_on
+        values, stamps, seen, parts = cs.values, cs.stamps, cs.device_seen, cs.partitions
+        inputs, rules_on, engine = self.inputs, self.rules_on, self.engine
         devices_changed = False
         for tel in events:
-            if rules_on and tel.ts > cs.evaluated_at:
-                filed = self.timers.filed(car_id)
-                if filed is not None and filed < tel.ts:
-                    limit = min(tel.ts - 1, self._car_watermark(cs))
-                    if filed <= limit:
-                        self._run_deadlines(cs, limit, wall_ms, out)
-            if tel.device_id not in cs.device_seen:
+            ts, device, signals = tel.ts, tel.device_id, tel.signals
+            filed = cs.deadline
+            if filed is not None and filed < ts and rules_on:  # a deadline falls before this event
+                limit = min(ts - 1, self._car_watermark(cs))
+                if filed <= limit:
+                    self._run_deadlines(cs, limit, wall_ms, out)
+            last = seen.get(device)
+            if last is None:
                 devices_changed = True
-            cs.partitions[tel.device_id] = partition
-            signals = tel.signals
-            if not cs.see(tel):
-                _merge_older(values, stamps, signals, (tel.ts, tel.seq, tel.device_id))
+                seen[device] = ts
+                parts[device] = partition
+            elif last < ts:
+                seen[device] = ts
+                if parts.get(device) != partition:
+                    parts[device] = partition
+            stamp = (ts, tel.seq)
+            if stamp < cs.newest:  # older than what the car already showed: values only where older
+                _merge_older(values, stamps, signals, (ts, tel.seq, device))
                 cs.dirty = True
                 continue
+            # the facts rules read (VehicleFacts.see, inlined: this runs once per event)
+            cs.newest = stamp
+            cs.device_id = device
+            if ts > cs.last_seen:
+                cs.last_seen = ts
+            speed = signals.get(SPEED)
+            if speed is not None and (type(speed) is float or type(speed) is int):
+                cs.speed_prev, cs.speed_last = cs.speed_last, (float(speed), ts)
+            if signals.get(ENGINE) is True:
+                cs.engine_on_at = ts
             changed = False
             if rules_on:
                 for k in signals.keys() & inputs:
@@ -236,19 +268,18 @@ class StateCore:
                         changed = True
                         break
             values.update(signals)
-            stamps.update(dict.fromkeys(signals, (tel.ts, tel.seq, tel.device_id)))
+            stamps.update(dict.fromkeys(signals, (ts, tel.seq, device)))
             cs.dirty = True
             if rules_on and (changed or attr_changed or cs.alerts or new_car):
-                now = tel.ts if tel.ts > cs.evaluated_at else cs.evaluated_at
+                now = ts if ts > cs.evaluated_at else cs.evaluated_at
                 before = len(cs.alerts)
-                events_out = self.engine.step(cs, cs.alerts, now, wall_ms=wall_ms)
-                cs.evaluated_at = now
-                for e in events_out:
+                for e in engine.step(cs, cs.alerts, now, wall_ms=wall_ms):
                     out.outliers.append((car_id, orjson.dumps(e)))
+                cs.evaluated_at = now
                 if cs.alerts or before or new_car or (changed and self.time_inputs & signals.keys()):
                     self._refile(cs)
                 attr_changed = new_car = False
-        if rules_on and (devices_changed or self.timers.filed(car_id) is None):
+        if rules_on and (devices_changed or cs.deadline is None):
             self._refile(cs)
 
     def _car_watermark(self, cs: CarState) -> int:
@@ -299,15 +330,24 @@ class StateCore:
         if self.lookup is None:
             return
         todo = []
+        cars, frozen, filed_of = self.cars, self.frozen, self.timers.filed
         for car_id, ce in inp.cars.items():
-            cs = self.cars.get(car_id) or (self.car(car_id) if car_id in self.frozen else None)
-            if cs is None or not cs.device_seen:
+            cs = cars.get(car_id)
+            if cs is None:
+                if car_id not in frozen:
+                    continue  # a car new to this worker: all its devices are new
+                cs = self.car(car_id)
+            seen = cs.device_seen
+            if not seen:
                 continue
-            filed = self.timers.filed(car_id)
-            if (filed is not None and filed < ce.newest) or any(
-                t.device_id not in cs.device_seen for t in ce.events
-            ):
+            filed = filed_of(car_id)
+            if filed is not None and filed < ce.newest:
                 todo.append(cs)
+                continue
+            for t in ce.events:
+                if t.device_id not in seen:
+                    todo.append(cs)
+                    break
         if todo:
             self._validate(todo)
 
@@ -329,18 +369,19 @@ class StateCore:
 
     # -- output ----------------------------------------------------------------------------------------
     def _finish(self, touched: set[int], out: StateOut, wall_ms: int) -> None:
+        start = time.perf_counter()
+        cars, docs = self.cars, self._docs
         for car_id in touched:
-            cs = self.cars[car_id]
+            cs = cars[car_id]
             if cs.dirty:
                 cs.dirty = False
                 cs.version += 1
                 cs.updated_at = wall_ms
                 body = orjson.dumps(cs.document())
                 out.states[car_id] = body
-            else:
-                known = self.frozen.get(car_id)
-                body = known[0] if known is not None else orjson.dumps(cs.document())
-            self.frozen[car_id] = (body, cs.freeze())
+                docs[car_id] = body
+        self._unsnapped |= touched
+        self.encode_s += time.perf_counter() - start
 
 
 def _order(tel: Telemetry) -> tuple[int, int]:
