@@ -1,14 +1,16 @@
 """Benchmark: telemetry enrichment end to end on one worker process, against a raw passthrough baseline.
 
-    python -m bench.enrich_flow --vehicles 10000 --events 400000 [--latency-rate 5000 --latency-seconds 20]
+    python -m bench.enrich_flow --vehicles 10000 --events 300000 [--skip cluster,stages,latency,idle]
 
 1. The simulator publishes the CDC load and ``--events`` telemetry events to fresh topics; the snapshot flow
    loads the snapshot.
 2. Baseline, same run: plain confluent-kafka consume → produce of the same messages to another topic.
 3. ``enrich flow enrich --until-eof --no-recovery`` (decode, join, enriched topic, Redis state, Parquet).
    Both rates are measured from the first to the last message written (start-up excluded).
-4. Latency: both flows running, the simulator at a steady ``--latency-rate``; a consumer notes when each
-   enriched event arrives; latency = arrival − the telemetry record's create time (same clock).
+4. The same input through a 2-process bytewax cluster on this machine (``cluster``).
+5. The stage budget: each stage's cost per event in one process (``bench.stages``).
+6. Latency at steady rates (``bench.latency``): produce → enriched and produce → outlier.
+7. Idle CPU of a worker holding 1,000 and 1,000,000 vehicles (``bench.idle``).
 """
 
 from __future__ import annotations
@@ -17,11 +19,9 @@ import argparse
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
@@ -115,131 +115,120 @@ def _total(consumer: Consumer, topic: str) -> int:
     raise RuntimeError(f"no watermarks for {topic}")
 
 
-def latency(s: Settings, env: dict[str, str], rate: float, seconds: float, tmp: Path) -> list[float]:
-    procs = []
-    for name in ("snapshot", "enrich"):
-        with open(tmp / f"{name}.log", "wb") as log:
-            cmd = [sys.executable, "-m", "cli.main", "flow", name, "--no-recovery"]
-            procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log))
-    try:
-        consumer = Consumer(
-            {"bootstrap.servers": s.kafka_bootstrap, "group.id": f"bench-{uuid.uuid4().hex}",
-             "enable.auto.commit": False, "fetch.wait.max.ms": 5}
-        )  # fmt: skip
-        # Warm up (flows started, caches filled), wait until the flows have caught up, then read from the
-        # end: only the steady state is measured.
-        warm = SimConfig(
-            vehicles=2000, rate=rate, duration=2, cdc_rate=1, seed=7, ground_truth=tmp / "warm.json"
-        )
-        Simulation(warm, s).run()
-        backlog = _total(consumer, s.topic_telemetry)
-        deadline = time.time() + 120
-        while _total(consumer, s.topic_enriched) < backlog and time.time() < deadline:
-            time.sleep(0.2)
-        md = consumer.list_topics(s.topic_enriched, timeout=10)
-        ends = []
-        for p in md.topics[s.topic_enriched].partitions:
-            _lo, hi = consumer.get_watermark_offsets(TopicPartition(s.topic_enriched, p), timeout=10)
-            ends.append(TopicPartition(s.topic_enriched, p, hi))
-        consumer.assign(ends)
-        arrivals: dict[bytes, float] = {}
-        stop = threading.Event()
+def run_flow(env: dict[str, str], *extra: str) -> subprocess.Popen[str]:
+    cmd = [sys.executable, "-m", "cli.main", "flow", "enrich", "--until-eof", "--no-recovery", *extra]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
-        def read() -> None:
-            while not stop.is_set():
-                for msg in consumer.consume(1000, 0.1):
-                    if msg.error() is None:
-                        arrivals[msg.value()[:80]] = time.time()  # type: ignore[index]
 
-        reader = threading.Thread(target=read, daemon=True)
-        reader.start()
-        sent_before = time.time()
-        cfg = SimConfig(vehicles=2000, rate=rate, duration=seconds, cdc_rate=1, seed=8,
-                        ground_truth=tmp / "lat-gt.json")  # fmt: skip
-        Simulation(cfg, s).run()
-        deadline = time.time() + 20
-        while time.time() < deadline and len(arrivals) < rate * seconds * 0.999:
-            time.sleep(0.2)
-        stop.set()
-        reader.join()
-        consumer.close()
-    finally:
-        for p in procs:
-            p.terminate()
-            p.wait(timeout=30)
-    # match arrivals to telemetry create times via the event id prefix of the enriched JSON
-    import orjson
+def cluster_rate(s: Settings, processes: int) -> float:
+    """The same input through ``processes`` worker processes (a bytewax cluster on this machine), into
+    their own output topic and state prefix; events/s over the output's span."""
+    from stack.procs import free_port
 
-    tel = _consumer(s, [s.topic_telemetry])
-    created: dict[str, float] = {}
-    eof, parts = 0, len(tel.list_topics(s.topic_telemetry, timeout=10).topics[s.topic_telemetry].partitions)
-    while eof < parts:
-        for msg in tel.consume(10000, 1.0):
-            err = msg.error()
-            if err is not None:
-                eof += err.code() == KafkaError._PARTITION_EOF
-                continue
-            if msg.timestamp()[1] / 1000 >= sent_before:
-                doc = orjson.loads(msg.value() or b"{}")
-                created[f"{doc['device_id']}:{doc['seq']}"] = msg.timestamp()[1] / 1000
-    tel.close()
-    print(f"latency run: {len(arrivals):,} enriched arrivals, {len(created):,} telemetry events sent")
-    out = []
-    for head, arrived in arrivals.items():
-        text = head.decode(errors="replace")
-        event_id = text.split('"event_id":"', 1)[1].split('"', 1)[0] if '"event_id":"' in text else ""
-        if event_id in created:
-            out.append((arrived - created[event_id]) * 1000)
-    return sorted(out)
+    token = uuid.uuid4().hex[:6]
+    cs = s.model_copy(
+        update={
+            "topic_enriched": f"{s.topic_enriched}.c{token}",
+            "state_prefix": f"c{token}:state:",
+            "history_dir": Path(tempfile.mkdtemp()),
+        }
+    )
+    create_topics(cs.kafka_bootstrap, [t for t in topic_specs(cs) if t.name == cs.topic_enriched])
+    env = env_for(cs)
+    addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(processes))
+    procs = [run_flow(env, "-i", str(i), "-a", addresses) for i in range(processes)]
+    for p in procs:
+        _out, err = p.communicate(timeout=900)
+        if p.returncode != 0:
+            raise RuntimeError(err[-3000:])
+    n, span = topic_span(cs, cs.topic_enriched)
+    return n / max(span, 1e-3)
 
 
 def main() -> None:
+    from bench import idle, latency, stages
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--vehicles", type=int, default=10_000)
-    ap.add_argument("--events", type=int, default=400_000)
-    ap.add_argument("--latency-rate", type=float, default=5000)
-    ap.add_argument("--latency-seconds", type=float, default=20)
-    ap.add_argument("--skip-latency", action="store_true")
+    ap.add_argument("--events", type=int, default=300_000)
+    ap.add_argument("--latency-rates", default="1000,5000,20000", help="steady rates for the latency runs")
+    ap.add_argument("--latency-seconds", type=float, default=15)
+    ap.add_argument("--idle-vehicles", default="1000,1000000", help="fleet sizes for the idle CPU figure")
+    ap.add_argument("--idle-seconds", type=float, default=20)
+    ap.add_argument("--skip", default="", help="comma-separated: cluster,stages,latency,idle")
     args = ap.parse_args()
+    skip = set(filter(None, args.skip.split(",")))
     tmp = Path(tempfile.mkdtemp(prefix="bench-enrich-"))
     s = bench_settings(state_prefix=f"b{uuid.uuid4().hex[:6]}:state:", history_dir=tmp / "history")
     env = env_for(s)
     rate = 50_000.0
-    cfg = SimConfig(vehicles=args.vehicles, rate=rate, duration=args.events / rate, cdc_rate=0,
-                    ground_truth=tmp / "gt.json")  # fmt: skip
+    cfg = SimConfig(
+        vehicles=args.vehicles,
+        rate=rate,
+        duration=args.events / rate,
+        cdc_rate=0,
+        ground_truth=tmp / "gt.json",
+    )
     report = Simulation(cfg, s).run()
-    subprocess.run([sys.executable, "-m", "cli.main", "flow", "snapshot", "--until-eof", "--no-recovery"],
-                   env=env, check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "cli.main", "flow", "snapshot", "--until-eof", "--no-recovery"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     base = passthrough(s, report.events)
     t0 = time.perf_counter()
-    cmd = [sys.executable, "-m", "cli.main", "flow", "enrich", "--until-eof", "--no-recovery"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    proc = run_flow(env)
+    _out, err = proc.communicate(timeout=900)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
-        print(proc.stderr[-4000:])
+        print(err[-4000:])
         raise SystemExit(1)
     n, span = topic_span(s, s.topic_enriched)
     flow_rate = n / max(span, 1e-3)
-    print(f"events: {report.events:,} telemetry, {args.vehicles:,} vehicles; enriched out: {n:,}")
-    print(f"passthrough baseline (consume -> produce): {base:,.0f} events/s")
-    print(f"enrichment flow (decode, join, Kafka + Redis state + Parquet): {flow_rate:,.0f} events/s "
-          f"(wall incl. start-up {report.events / wall:,.0f}/s)")  # fmt: skip
-    print(f"ratio enrichment / passthrough: {flow_rate / base:.2f}")
-    if not args.skip_latency:
-        # fresh topics and keys, so the latency run has no backlog to work through
-        ls = bench_settings(state_prefix=f"b{uuid.uuid4().hex[:6]}:state:", history_dir=tmp / "history-lat")
-        lenv = env_for(ls)
-        lat = latency(ls, lenv, args.latency_rate, args.latency_seconds, tmp)
-        if lat:
-
-            def pct(p: float) -> float:
-                return lat[min(len(lat) - 1, int(p * len(lat)))]
-
-            print(
-                f"latency produce -> enriched at {args.latency_rate:,.0f} events/s over {len(lat):,} events: "
-                f"p50 {pct(0.5):.1f} ms, p99 {pct(0.99):.1f} ms, max {lat[-1]:.1f} ms"
+    lines = [
+        f"events: {report.events:,} telemetry, {args.vehicles:,} vehicles; enriched out: {n:,}",
+        f"passthrough baseline (consume -> produce): {base:,.0f} events/s",
+        f"enrichment flow, rules on, 1 process: {flow_rate:,.0f} events/s (wall incl. start-up "
+        f"{report.events / wall:,.0f}/s); ratio to passthrough {flow_rate / base:.2f}",
+    ]
+    print("\n".join(lines), flush=True)
+    if "cluster" not in skip:
+        two = cluster_rate(s, 2)
+        lines.append(
+            f"enrichment flow, 2 processes (bytewax cluster on this host): {two:,.0f} events/s; "
+            f"{two / flow_rate:.2f}x one process, {two / base:.2f} of passthrough"
+        )
+        print(lines[-1], flush=True)
+    if "stages" not in skip:
+        lines.append(stages.render(stages.budget(s), flow_rate))
+        print(lines[-1], flush=True)
+    if "latency" not in skip:
+        for r in (float(x) for x in args.latency_rates.split(",") if x):
+            ls = bench_settings(
+                state_prefix=f"b{uuid.uuid4().hex[:6]}:state:", history_dir=tmp / f"lat{int(r)}"
             )
-    _ = Any
+            lat = latency.measure(ls, env_for(ls), r, args.latency_seconds, tmp)
+            e, o = lat["enriched"], lat["outlier"]
+            lines.append(
+                f"latency at {r:,.0f} events/s: produce->enriched p50 {latency.pct(e, 0.5):.1f} ms, "
+                f"p99 {latency.pct(e, 0.99):.1f} ms (n={len(e):,}); produce->outlier p50 "
+                f"{latency.pct(o, 0.5):.1f} ms, p99 {latency.pct(o, 0.99):.1f} ms (n={len(o)})"
+            )
+            print(lines[-1], flush=True)
+    if "idle" not in skip:
+        sizes = [int(x) for x in args.idle_vehicles.split(",") if x]
+        cpu = {}
+        for size in sizes:
+            ids = bench_settings(
+                state_prefix=f"b{uuid.uuid4().hex[:6]}:state:", history_dir=tmp / f"idle{size}"
+            )
+            cpu[size] = idle.measure(ids, env_for(ids), size, args.idle_seconds, tmp)
+        text = ", ".join(f"{size:,} vehicles {100 * c:.2f}% of a core" for size, c in cpu.items())
+        ratio = cpu[sizes[-1]] / max(cpu[sizes[0]], 1e-9)
+        lines.append(f"idle CPU of a worker: {text}; ratio {ratio:.2f}")
+        print(lines[-1], flush=True)
+    print("\n== summary ==\n" + "\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -42,9 +42,15 @@ BUCKETS = 16
 
 def read_records(s: Settings) -> tuple[list[Record], float]:
     """Every telemetry record, and the seconds the consumer took."""
-    c = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": f"stages-{uuid.uuid4().hex}",
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                  "enable.partition.eof": True})  # fmt: skip
+    c = Consumer(
+        {
+            "bootstrap.servers": s.kafka_bootstrap,
+            "group.id": f"stages-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
     c.subscribe([s.topic_telemetry])
     parts = len(c.list_topics(s.topic_telemetry, timeout=10).topics[s.topic_telemetry].partitions)
     out: list[Record] = []
@@ -133,9 +139,17 @@ def budget(s: Settings, records: list[Record] | None = None) -> dict[str, float]
         )
     scratch = s.topic_enriched + ".stages"
     create_topics(s.kafka_bootstrap, [TopicSpec(scratch, s.stream_partitions)])
-    producer = Producer({"bootstrap.servers": s.kafka_bootstrap, "linger.ms": 2, "compression.type": "lz4",
-                         "batch.size": 1_000_000, "queue.buffering.max.messages": 1_000_000,
-                         "enable.idempotence": True, "partitioner": "murmur2_random"})  # fmt: skip
+    producer = Producer(
+        {
+            "bootstrap.servers": s.kafka_bootstrap,
+            "linger.ms": 2,
+            "compression.type": "lz4",
+            "batch.size": 1_000_000,
+            "queue.buffering.max.messages": 1_000_000,
+            "enable.idempotence": True,
+            "partitioner": "murmur2_random",
+        }
+    )
 
     def produce() -> None:
         for jb in joined_batches:
@@ -202,16 +216,25 @@ def main() -> None:
     args = ap.parse_args()
     s = bench_settings()
     tmp = Path(tempfile.mkdtemp(prefix="bench-stages-"))
-    cfg = SimConfig(vehicles=args.vehicles, rate=50_000, duration=args.events / 50_000, cdc_rate=0,
-                    ground_truth=tmp / "gt.json")  # fmt: skip
+    cfg = SimConfig(
+        vehicles=args.vehicles,
+        rate=50_000,
+        duration=args.events / 50_000,
+        cdc_rate=0,
+        ground_truth=tmp / "gt.json",
+    )
     Simulation(cfg, s).run()
     import subprocess
     import sys
 
     from bench.common import env_for
 
-    subprocess.run([sys.executable, "-m", "cli.main", "flow", "snapshot", "--until-eof", "--no-recovery"],
-                   env=env_for(s), check=True, capture_output=True)  # fmt: skip
+    subprocess.run(
+        [sys.executable, "-m", "cli.main", "flow", "snapshot", "--until-eof", "--no-recovery"],
+        env=env_for(s),
+        check=True,
+        capture_output=True,
+    )
     print(render(budget(s)))
 
 

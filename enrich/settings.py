@@ -56,6 +56,9 @@ class Settings(BaseSettings):
     snapshot_interval_s: float = Field(5.0, gt=0, description="bytewax snapshot (epoch) interval")
 
     # Enrichment
+    batch_max: int = Field(
+        20_000, ge=1, description="Most records read from one partition per micro-batch (a backlog fills it)"
+    )
     join_max_wait_ms: int = Field(2000, description="How long an event waits for a missing snapshot row")
     join_retry_ms: int = Field(200, description="Retry interval of buffered join misses")
     join_max_pending: int = Field(20_000, description="Buffered join misses per partition before emitting")

@@ -226,15 +226,13 @@ class OutSink(FixedPartitionedSink[JoinBatch, None]):
         return _OutPartition(self.settings)
 
 
-def build_flow(
-    settings: Settings, *, tail: bool = True, batch_size: int = 5000, res: Resources | None = None
-) -> Dataflow:
+def build_flow(settings: Settings, *, tail: bool = True, res: Resources | None = None) -> Dataflow:
     res = res or resources(settings)
     flow = Dataflow("telemetry_enrichment")
     src = KafkaBatchSource(
         settings.kafka_bootstrap,
         [settings.topic_telemetry],
-        batch_size=batch_size,
+        batch_size=settings.batch_max,
         tail=tail,
         idle_after_s=settings.watermark_idle_s,
     )

@@ -1,7 +1,8 @@
 """The state sink of the enrichment flow: vehicle states to Redis, outlier events to the outliers topic.
 
-Vehicle states are written once per batch (one MSET for every car that changed; a later batch's state of a
-car simply replaces an earlier one, so a replay after a crash is harmless). Outlier events are produced as
+Vehicle states are written once per batch (one MSET for every car that changed, by a writer thread, in
+batch order; a later batch's state of a car simply replaces an earlier one, so a replay after a crash is
+harmless). Outlier events are produced as
 they come (the producer batches them for a few ms) and made durable at the end of every epoch, before
 bytewax commits the input offsets: an outlier is never lost, and a replayed one carries the same incident
 id, which the alerts worker deduplicates.
@@ -10,6 +11,7 @@ id, which the alerts worker deduplicates.
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import redis
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
@@ -24,11 +26,25 @@ SINK_PARTITIONS = 16
 
 
 class _StatePartition(StatefulSinkPartition[StateOut, None]):
+    """States go to Redis from a writer thread of their own (one write per batch, in order), so the worker
+    computes the next batch while Redis applies this one; ``snapshot`` waits for both outputs."""
+
     def __init__(self, settings: Settings) -> None:
         self.client = redis.Redis.from_url(settings.redis_url)
         self.prefix = settings.state_prefix
         self.outliers = KafkaWriter(settings.kafka_bootstrap, settings.topic_outliers)
         self._unflushed = 0
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="state-writer")
+        self._pending: list[Future[None]] = []
+
+    def _write_states(self, latest: dict[str, bytes]) -> None:
+        self.client.mset(latest)
+        metrics.STATE_WRITES.inc(len(latest))
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, []
+        for f in pending:
+            f.result()
 
     def write_batch(self, items: list[StateOut]) -> None:
         start = time.perf_counter()
@@ -46,16 +62,25 @@ class _StatePartition(StatefulSinkPartition[StateOut, None]):
             self._unflushed += len(alerts)
             metrics.OUTLIERS.inc(len(alerts))
         if latest:
-            self.client.mset(latest)
-            metrics.STATE_WRITES.inc(len(latest))
+            still = []
+            for f in self._pending:
+                if f.done():
+                    f.result()  # a failed write fails the batch here
+                else:
+                    still.append(f)
+            self._pending = still
+            self._pending.append(self._pool.submit(self._write_states, latest))
         metrics.BATCH_SECONDS.labels("enrich_state_out").observe(time.perf_counter() - start)
 
     def snapshot(self) -> None:
+        self._wait()
         if self._unflushed:
             self.outliers.flush()
             self._unflushed = 0
 
     def close(self) -> None:
+        self._wait()
+        self._pool.shutdown()
         self.outliers.flush()
 
 

@@ -44,7 +44,6 @@ from enrich.telemetry import Scalar, Telemetry
 
 LAT, LON = "Vehicle.CurrentLocation.Latitude", "Vehicle.CurrentLocation.Longitude"
 Stamp = tuple[int, int, str]  # event time, sequence, device
-_MISSING = object()
 
 
 @dataclass(slots=True)
@@ -155,6 +154,7 @@ class StateCore:
         self.roles = roles
         self.rules_on = bool(engine.rules)
         self.inputs = engine.inputs
+        self.watched = sorted(k for k in engine.inputs if k != ATTR)  # signals whose change is evaluated
         self.time_inputs = engine.pack.time_inputs
         self.cars: dict[int, CarState] = {}
         self.timers = Timers()
@@ -204,7 +204,6 @@ class StateCore:
         if inp.partition:
             wm = self.watermark.observe(inp.partition, inp.progress, inp.idle)
         if inp.cars:
-            self._validate_for_batch(inp)
             for car_id, ce in inp.cars.items():
                 self._car_events(car_id, ce, inp.partition, wall_ms, out)
                 touched.add(car_id)
@@ -217,7 +216,7 @@ class StateCore:
         cs = self.car(car_id)
         events = ce.events
         if len(events) > 1:
-            events = sorted(events, key=_order)
+            events = _in_order(events)
         new_car = not cs.device_seen and not cs.values
         attr_changed = False
         if (
@@ -228,7 +227,7 @@ class StateCore:
             cs.car, cs.reservation = ce.car, ce.reservation
             attr_changed = cs.dirty = True
         values, stamps, seen, parts = cs.values, cs.stamps, cs.device_seen, cs.partitions
-        inputs, rules_on, engine = self.inputs, self.rules_on, self.engine
+        inputs, rules_on, engine = self.watched, self.rules_on, self.engine
         devices_changed = False
         for tel in events:
             ts, device, signals = tel.ts, tel.device_id, tel.signals
@@ -236,9 +235,12 @@ class StateCore:
             if filed is not None and filed < ts and rules_on:  # a deadline falls before this event
                 limit = min(ts - 1, self._car_watermark(cs))
                 if filed <= limit:
+                    self._validate([cs])
                     self._run_deadlines(cs, limit, wall_ms, out)
             last = seen.get(device)
             if last is None:
+                if seen and self.lookup is not None:
+                    self._validate([cs])  # a new device: are the others still the car's?
                 devices_changed = True
                 seen[device] = ts
                 parts[device] = partition
@@ -261,22 +263,22 @@ class StateCore:
                 cs.speed_prev, cs.speed_last = cs.speed_last, (float(speed), ts)
             if signals.get(ENGINE) is True:
                 cs.engine_on_at = ts
-            changed = False
             if rules_on:
-                for k in signals.keys() & inputs:
-                    if values.get(k, _MISSING) != signals[k]:
-                        changed = True
-                        break
-            values.update(signals)
+                seen_before = tuple(map(values.get, inputs))
+                values.update(signals)
+                changed = seen_before != tuple(map(values.get, inputs))
+            else:
+                values.update(signals)
+                changed = False
             stamps.update(dict.fromkeys(signals, (ts, tel.seq, device)))
             cs.dirty = True
             if rules_on and (changed or attr_changed or cs.alerts or new_car):
                 now = ts if ts > cs.evaluated_at else cs.evaluated_at
-                before = len(cs.alerts)
+                had_alerts = bool(cs.alerts)
                 for e in engine.step(cs, cs.alerts, now, wall_ms=wall_ms):
                     out.outliers.append((car_id, orjson.dumps(e)))
                 cs.evaluated_at = now
-                if cs.alerts or before or new_car or (changed and self.time_inputs & signals.keys()):
+                if cs.alerts or had_alerts or new_car or (changed and self.time_inputs & signals.keys()):
                     self._refile(cs)
                 attr_changed = new_car = False
         if rules_on and (devices_changed or cs.deadline is None):
@@ -325,32 +327,6 @@ class StateCore:
         return [cs.car_id for cs in cars]
 
     # -- current devices -------------------------------------------------------------------------------
-    def _validate_for_batch(self, inp: BucketInput) -> None:
-        """Check the devices of cars that get a new device, or whose deadline the batch will pass."""
-        if self.lookup is None:
-            return
-        todo = []
-        cars, frozen, filed_of = self.cars, self.frozen, self.timers.filed
-        for car_id, ce in inp.cars.items():
-            cs = cars.get(car_id)
-            if cs is None:
-                if car_id not in frozen:
-                    continue  # a car new to this worker: all its devices are new
-                cs = self.car(car_id)
-            seen = cs.device_seen
-            if not seen:
-                continue
-            filed = filed_of(car_id)
-            if filed is not None and filed < ce.newest:
-                todo.append(cs)
-                continue
-            for t in ce.events:
-                if t.device_id not in seen:
-                    todo.append(cs)
-                    break
-        if todo:
-            self._validate(todo)
-
     def _validate(self, cars: Collection[CarState]) -> None:
         if self.lookup is None:
             return
@@ -386,6 +362,16 @@ class StateCore:
 
 def _order(tel: Telemetry) -> tuple[int, int]:
     return (tel.ts, tel.seq)
+
+
+def _in_order(events: list[Telemetry]) -> list[Telemetry]:
+    """``events`` by (event time, sequence); they usually arrive so, and then are returned as they are."""
+    prev = events[0]
+    for tel in events[1:]:
+        if tel.ts < prev.ts or (tel.ts == prev.ts and tel.seq < prev.seq):
+            return sorted(events, key=_order)
+        prev = tel
+    return events
 
 
 def _merge_older(
