@@ -72,7 +72,7 @@ def measure(
         with open(tmp / f"lat-{name}-{int(rate)}.log", "wb") as log:
             cmd = [sys.executable, "-m", "cli.main", "flow", name, "--no-recovery"]
             procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log))
-    enriched: dict[str, float] = {}
+    enriched: dict[str, tuple[float, float]] = {}  # event id -> (arrival, processed_at)
     outliers: list[tuple[dict[str, object], float]] = []
     stop = threading.Event()
     try:
@@ -105,8 +105,11 @@ def measure(
                         value = msg.value() or b""
                         if kind == "enriched":
                             head = value[:120].decode(errors="replace")
-                            if '"event_id":"' in head:
-                                enriched[head.split('"event_id":"', 1)[1].split('"', 1)[0]] = now
+                            tail = value[-40:].decode(errors="replace")
+                            if '"event_id":"' in head and '"processed_at":' in tail:
+                                eid = head.split('"event_id":"', 1)[1].split('"', 1)[0]
+                                processed = int(tail.rsplit('"processed_at":', 1)[1].rstrip("}")) / 1000
+                                enriched[eid] = (now, processed)
                         else:
                             outliers.append((orjson.loads(value), now))
                 c.close()
@@ -153,11 +156,21 @@ def measure(
                 created[f"{doc['device_id']}:{doc['seq']}"] = at
                 by_device_ts[(doc["device_id"], doc["ts"])] = at
     tel.close()
-    lat_enriched = sorted((arr - created[eid]) * 1000 for eid, arr in enriched.items() if eid in created)
+    lat_enriched = sorted(
+        (arr - created[eid]) * 1000 for eid, (arr, _p) in enriched.items() if eid in created
+    )
+    to_join = sorted((p - created[eid]) * 1000 for eid, (_a, p) in enriched.items() if eid in created)
+    from_join = sorted((a - p) * 1000 for _eid, (a, p) in enriched.items())
     lat_outlier = []
     for doc, arr in outliers:
         if doc.get("status") == "resolved":
             key = (str(doc.get("device_id")), int(doc.get("ends_at") or 0))  # type: ignore[call-overload]
             if key in by_device_ts:
                 lat_outlier.append((arr - by_device_ts[key]) * 1000)
-    return {"enriched": lat_enriched, "outlier": sorted(lat_outlier), "outliers_seen": [float(len(outliers))]}
+    return {
+        "enriched": lat_enriched,
+        "outlier": sorted(lat_outlier),
+        "to_join": to_join,
+        "from_join": from_join,
+        "outliers_seen": [float(len(outliers))],
+    }
