@@ -118,8 +118,8 @@ def measure(
             t.start()
             readers.append(t)
         sent_before = time.time()
-        cfg = SimConfig(
-            vehicles=2000,
+        cfg = SimConfig(  # cars report several times a wall second: scenarios end within the run
+            vehicles=max(200, int(rate / 10)),
             rate=rate,
             duration=seconds,
             cdc_rate=1,
