@@ -1,4 +1,4 @@
-"""``enrich flow recovery ...``: inspect a flow's bytewax recovery store and lay it out for a new process count."""
+"""``enrich flow recovery ...``: see a flow's bytewax recovery store; lay it out for a new process count."""
 
 from __future__ import annotations
 

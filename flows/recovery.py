@@ -120,16 +120,16 @@ def plan(present: Iterable[int], partitions: int, process_id: int, processes: in
     have = frozenset(present)
     mine = share(process_id, processes, partitions)
     everything = frozenset(range(partitions))
-    if have == everything or have == mine:
+    if have in (everything, mine):
         return Plan(partitions, frozenset())
     if not have & mine and have <= everything:
         return Plan(partitions, mine)
     raise RecoveryLayoutError(
-        f"this recovery directory holds partitions {sorted(have)} of {partitions}, but process {process_id} of "
-        f"{processes} holds {sorted(mine) or 'none'} (one directory per process) or all of them (a directory "
-        "shared by every process). The store was laid out for another number of processes: stop every "
-        f"process, run `enrich flow recovery rescale --processes {processes} DIR...` over the directories of "
-        "all processes, old and new, then start again (README: Rescaling)."
+        f"this recovery directory holds partitions {sorted(have)} of {partitions}, but process {process_id} "
+        f"of {processes} holds {sorted(mine) or 'none'} (one directory per process) or all of them (a "
+        "directory shared by every process). The store was laid out for another number of processes: "
+        f"stop every process, run `enrich flow recovery rescale --processes {processes} DIR...` over the "
+        "directories of all processes, old and new, then start again (README: Rescaling)."
     )
 
 
@@ -182,7 +182,9 @@ def rescale_plan(directories: Sequence[Path], processes: int) -> list[Move]:
     partition are refused — only a person can tell which is right.
     """
     if processes < 1 or processes > len(directories):
-        raise RecoveryLayoutError(f"{processes} processes need {processes} directories, got {len(directories)}")
+        raise RecoveryLayoutError(
+            f"{processes} processes need {processes} directories, got {len(directories)}"
+        )
     found: dict[int, list[PartitionFile]] = {}
     for d in directories:
         for f in partition_files(d):

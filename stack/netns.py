@@ -51,7 +51,7 @@ def _free_subnet() -> ipaddress.IPv4Network:
                 used.append(ipaddress.ip_network(word, strict=False))
     rng = random.Random()
     for _ in range(200):
-        net = ipaddress.ip_network(f"10.{rng.randrange(200, 250)}.{rng.randrange(256)}.0/24")
+        net = ipaddress.IPv4Network(f"10.{rng.randrange(200, 250)}.{rng.randrange(256)}.0/24")
         if not any(net.overlaps(u) for u in used if u.version == 4 and u.prefixlen > 0):
             return net
     raise StackError("no free /24 in 10.200.0.0–10.249.255.0 for the namespaces")

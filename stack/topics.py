@@ -44,7 +44,9 @@ def create_topics(bootstrap: str, specs: list[TopicSpec], timeout: float = 30.0)
     by_name: dict[str, TopicSpec] = {}
     for spec in specs:
         if by_name.setdefault(spec.name, spec) != spec:
-            raise StackError(f"topic {spec.name} is specified twice, differently: {by_name[spec.name]} / {spec}")
+            raise StackError(
+                f"topic {spec.name} is specified twice, differently: {by_name[spec.name]} / {spec}"
+            )
     specs = list(by_name.values())
     admin = AdminClient({"bootstrap.servers": bootstrap})
     futures = admin.create_topics(

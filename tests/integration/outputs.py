@@ -40,7 +40,10 @@ def collect(settings: Settings, events: int) -> RunOutput:
     for m in messages:
         doc = orjson.loads(m.value() or b"")
         enriched[doc["event_id"]] = (m.key(), _without(doc, EVENT_PROCESSING_FIELDS))
-    outliers = [orjson.loads(m.value() or b"") for m in consume_all(settings.kafka_bootstrap, [settings.topic_outliers])]
+    outliers = [
+        orjson.loads(m.value() or b"")
+        for m in consume_all(settings.kafka_bootstrap, [settings.topic_outliers])
+    ]
     states = {car: _without(st, STATE_PROCESSING_FIELDS) for car, st in vehicle_states(settings).items()}
     assert settings.history_dir is not None
     history = read_history(settings.history_dir, "enriched").column("event_id").to_pylist()
@@ -59,10 +62,15 @@ def assert_same_output(actual: RunOutput, reference: RunOutput) -> None:
     the Parquet history, same vehicle states."""
     missing = reference.enriched.keys() - actual.enriched.keys()
     extra = actual.enriched.keys() - reference.enriched.keys()
-    assert not missing and not extra, f"{len(missing)} events missing (e.g. {sorted(missing)[:3]}), {len(extra)} extra"
+    assert not missing and not extra, (
+        f"{len(missing)} events missing (e.g. {sorted(missing)[:3]}), {len(extra)} extra"
+    )
     differ = [e for e, v in reference.enriched.items() if actual.enriched[e] != v]
-    assert not differ, f"{len(differ)} enriched events differ, e.g. {differ[0]}: {actual.enriched[differ[0]]} " \
-        f"!= {reference.enriched[differ[0]]}"  # fmt: skip
+    assert not differ, (
+        f"{len(differ)} enriched events differ, e.g. {differ[0]}: "
+        f"{actual.enriched[differ[0]]} != {reference.enriched[differ[0]]}"
+    )
+
     def show(run: RunOutput, keys: frozenset[tuple[str, str]]) -> list[str]:
         fields = ("incident_id", "status", "rule_id", "car_id", "device_id", "starts_at", "ends_at")
         return [str({f: run.outliers[k].get(f) for f in fields}) for k in sorted(keys)]

@@ -1,9 +1,10 @@
 """Rescaling the enrichment flow 2 → 4 → 2 processes keeps its recovery state and loses nothing.
 
 Each process has its own recovery directory (as with a disk per host or a volume per pod); between phases
-`enrich flow recovery rescale` moves the partitions. The input arrives in three parts, one per phase; the 4-process
-phase is killed with SIGKILL midway and restarted, so part of its input is replayed. The end result must equal
-one process over the whole input: every event once, no Parquet row twice, the same vehicle states and incidents.
+`enrich flow recovery rescale` moves the partitions. The input arrives in three parts, one per phase; the
+4-process phase is killed with SIGKILL midway and restarted, so part of its input is replayed. The end result
+must equal one process over the whole input: every event once, no Parquet row twice, the same vehicle states
+and incidents.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from confluent_kafka import Message, Producer
 from enrich.settings import Settings
 from flows.recovery import partition_files, share
 from simulator.run import SimConfig, Simulation
+from simulator.scenarios import ScenarioName
 from stack.procs import free_port, wait_until
 from stack.topics import TopicSpec, create_topics, topic_specs
 from tests.integration.flow_proc import flow_env
@@ -30,8 +32,10 @@ from tests.kafka_util import consume_all
 pytestmark = pytest.mark.integration
 
 
-def produce_part(bootstrap: str, topic: str, by_partition: dict[int, list[Message]], part: int, of: int) -> int:
-    """Append part ``part`` of ``of`` of every partition's records to ``topic`` (same partition, key, time)."""
+def produce_part(
+    bootstrap: str, topic: str, by_partition: dict[int, list[Message]], part: int, of: int
+) -> int:
+    """Append part ``part`` of ``of`` of each partition's records to ``topic`` (same partition, key, time)."""
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "enable.idempotence": True})
     n = 0
     for p, msgs in by_partition.items():
@@ -49,7 +53,19 @@ def start_cluster(settings: Settings, recovery: list[Path], log_dir: Path, *, un
     addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in recovery)
     procs = []
     for i, rec in enumerate(recovery):
-        cmd = [sys.executable, "-m", "cli.main", "flow", "enrich", "-r", str(rec), "-i", str(i), "-a", addresses]
+        cmd = [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "flow",
+            "enrich",
+            "-r",
+            str(rec),
+            "-i",
+            str(i),
+            "-a",
+            addresses,
+        ]
         cmd += ["--until-eof"] * until_eof
         with open(log_dir / f"{tag}-{i}.log", "wb") as log:
             procs.append(subprocess.Popen(cmd, env=flow_env(settings), stdout=log, stderr=subprocess.STDOUT))
@@ -84,11 +100,14 @@ def test_two_to_four_to_two_processes_keep_the_state_and_lose_nothing(
         }
     )
     staging = s.model_copy(update={"topic_telemetry": s.topic_telemetry + ".staging"})
-    create_topics(s.kafka_bootstrap, [*topic_specs(s), *topic_specs(reference), TopicSpec(staging.topic_telemetry, 4)])
+    create_topics(
+        s.kafka_bootstrap, [*topic_specs(s), *topic_specs(reference), TopicSpec(staging.topic_telemetry, 4)]
+    )
 
     # The whole input once, to a staging topic; the snapshot loaded before any phase.
-    cfg = SimConfig(vehicles=240, rate=4000, duration=4, cdc_rate=0, scenarios=["headlights-left-on", "low-battery"],
-                    incidents_per_scenario=2, ground_truth=tmp_path / "truth.json")  # fmt: skip
+    scenarios: list[ScenarioName] = ["headlights-left-on", "low-battery"]
+    cfg = SimConfig(vehicles=240, rate=4000, duration=4, cdc_rate=0, incidents_per_scenario=2,
+                    scenarios=scenarios, ground_truth=tmp_path / "gt.json")  # fmt: skip
     report = Simulation(cfg, staging).run()
     run_to_eof("snapshot", s, tmp_path / "snapshot.log")
     by_partition: dict[int, list[Message]] = defaultdict(list)
