@@ -130,7 +130,10 @@ def _smtp_greets(host: str, port: int, timeout: float) -> str | None:
 def alerts(
     idle: Annotated[float, typer.Option(help="Max seconds since the worker last used Redis")] = 30.0,
     timeout: Annotated[float, typer.Option(help="Seconds per dependency")] = 5.0,
-    worker: Annotated[bool, typer.Option(help="Also require the worker's own Redis activity")] = True,
+    worker: Annotated[bool, typer.Option(help="Require the worker's own Redis activity")] = True,
+    dependencies: Annotated[
+        bool, typer.Option(help="Require the config, Kafka and SMTP (off for a liveness probe)")
+    ] = True,
 ) -> None:
     """The alerts worker's config, Redis, Kafka and SMTP are usable, and the worker here is using Redis."""
     import redis
@@ -141,10 +144,11 @@ def alerts(
     from enrich.settings import get_settings
 
     settings = get_settings()
-    try:
-        _config()
-    except Exception as exc:  # any load error makes the worker useless
-        _fail(f"alerts config: {exc}")
+    if dependencies:
+        try:
+            _config()
+        except Exception as exc:  # any load error makes the worker useless
+            _fail(f"alerts config: {exc}")
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout)
     try:
         client.ping()
@@ -155,17 +159,18 @@ def alerts(
         return
     finally:
         client.close()
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "log_level": 0})
-    try:
-        md = admin.list_topics(settings.topic_outliers, timeout=timeout).topics[settings.topic_outliers]
-    except KafkaException as exc:
-        _fail(f"Kafka {settings.kafka_bootstrap}: {exc}")
-        return
-    if md.error is not None or any(p.leader < 0 for p in md.partitions.values()):
-        _fail(f"topic {settings.topic_outliers}: {md.error or 'partitions without a leader'}")
-    problem = _smtp_greets(settings.smtp_host, settings.smtp_port, timeout)
-    if problem:
-        _fail(problem)
+    if dependencies:
+        admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "log_level": 0})
+        try:
+            md = admin.list_topics(settings.topic_outliers, timeout=timeout).topics[settings.topic_outliers]
+        except KafkaException as exc:
+            _fail(f"Kafka {settings.kafka_bootstrap}: {exc}")
+            return
+        if md.error is not None or any(p.leader < 0 for p in md.partitions.values()):
+            _fail(f"topic {settings.topic_outliers}: {md.error or 'partitions without a leader'}")
+        problem = _smtp_greets(settings.smtp_host, settings.smtp_port, timeout)
+        if problem:
+            _fail(problem)
     if worker:
         my_ip = str(me["addr"]).rsplit(":", 1)[0]
         active = [
