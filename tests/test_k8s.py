@@ -3,10 +3,9 @@
 Every object — the listed resources and the ConfigMaps/Secrets the kustomization generates, built here the way
 kustomize builds them — validates against the Kubernetes JSON schemas shipped by the ``kubernetes-validate``
 package (strict: unknown fields are errors), for the oldest and a recent Kubernetes version we support. Then
-what
-kustomize and the API server would only notice at apply or run time: every ConfigMap, Secret, key, volume,
-port and Service a pod names exists; selectors select; the flows' start script computes the right -i/-a; the
-alerts config renders from the ConfigMap and Secret and loads; the rule pack and tables load.
+what kustomize and the API server would only notice at apply or run time: every ConfigMap, Secret, key,
+volume, port and Service a pod names exists; selectors select; the flows' start script computes the right
+-i/-a; the alerts config renders from the ConfigMap and Secret and loads; the rule pack and tables load.
 """
 
 from __future__ import annotations
