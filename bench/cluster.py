@@ -13,6 +13,7 @@ Both runs share the machine's cores with the broker and Redis, as the figures sa
 from __future__ import annotations
 
 import argparse
+import signal
 import statistics
 import subprocess
 import sys
@@ -59,10 +60,18 @@ def run(hosts: Lab, s: Settings, processes: int, tmp: Path) -> tuple[float, floa
         if processes > 1:
             cmd += ["-i", str(i), "-a", addresses]
         log = open(tmp / f"{s.topic_enriched}-{i}.log", "wb")  # noqa: SIM115 - closed by the child's exit
-        procs.append(subprocess.Popen(host.command(cmd), env=env_for(s), stdout=log, stderr=subprocess.STDOUT))
-    for i, p in enumerate(procs):
-        if p.wait() != 0:
-            raise SystemExit((tmp / f"{s.topic_enriched}-{i}.log").read_text()[-3000:])
+        procs.append(
+            subprocess.Popen(host.command(cmd), env=env_for(s), stdout=log, stderr=subprocess.STDOUT)
+        )
+    try:
+        for i, p in enumerate(procs):
+            if p.wait() != 0:
+                raise SystemExit((tmp / f"{s.topic_enriched}-{i}.log").read_text()[-3000:])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
     wall = time.perf_counter() - t0
     n, span = topic_span(s, s.topic_enriched)
     return n / max(span, 1e-3), n / wall
@@ -77,6 +86,8 @@ def main() -> None:
     reason = netns_unsupported()
     if reason:
         raise SystemExit(f"bench.cluster: {reason}")
+    # Stopped with SIGTERM (e.g. `timeout`): unwind, so the broker, Redis and the namespaces are removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tmp = Path(tempfile.mkdtemp(prefix="bench-cluster-"))
     lib = (Settings().kafka_lib_dir or Settings().state_dir / "kafka" / "lib").resolve()
     with lab(2) as hosts, private_stack(tmp / "stack", hosts.host_ip, kafka_lib=lib) as services:
@@ -106,7 +117,9 @@ def main() -> None:
             ratios.append(two / one)
             print(f"round {r + 1}: 1 process {one:,.0f} events/s; 2 processes in 2 namespaces {two:,.0f} "
                   f"events/s; ratio {two / one:.2f}")  # fmt: skip
-        print(f"ratio 2 namespaces / 1 process, median of {len(ratios)} rounds: {statistics.median(ratios):.2f}")
+        print(
+            f"ratio 2 namespaces / 1 process, median of {len(ratios)} rounds: {statistics.median(ratios):.2f}"
+        )
 
 
 if __name__ == "__main__":
