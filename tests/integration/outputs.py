@@ -3,16 +3,18 @@ minus the processing-time fields — so runs with different process counts or la
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from enrich.settings import Settings
 from stores.parquet_history import read_history
 from tests.integration.pipeline import vehicle_states
-from tests.kafka_util import consume_all
 
 # Fields that say when or how often something was processed, not what: they differ between any two runs.
 EVENT_PROCESSING_FIELDS = ("processed_at",)
@@ -33,16 +35,40 @@ def _without(doc: dict[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
     return {k: v for k, v in doc.items() if k not in fields}
 
 
+def read_topic(bootstrap: str, topic: str, timeout: float = 60.0) -> list[Message]:
+    """Every record of ``topic`` up to its end now (the runs that wrote it have exited)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"outputs-{uuid.uuid4().hex}",
+                         "enable.auto.commit": False})  # fmt: skip
+    try:
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p, end in ends.items() if end > 0])
+        pending = {p for p, end in ends.items() if end > 0}
+        out: list[Message] = []
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            for m in consumer.consume(10_000, 0.5):
+                if m.error() is not None:
+                    continue
+                out.append(m)
+                if (m.offset() or 0) + 1 >= ends[m.partition() or 0]:
+                    pending.discard(m.partition() or 0)
+        assert not pending, f"{topic}: partitions {sorted(pending)} not read to their end in {timeout:.0f}s"
+        return out
+    finally:
+        consumer.close()
+
+
 def collect(settings: Settings, events: int) -> RunOutput:
-    """Read everything a run wrote; waits until at least ``events`` enriched events can be read."""
+    """Read everything a run wrote (its workers have exited); at-least-once redeliveries included."""
     enriched: dict[str, tuple[bytes | None, dict[str, Any]]] = {}
-    messages = consume_all(settings.kafka_bootstrap, [settings.topic_enriched], expected=events)
+    messages = read_topic(settings.kafka_bootstrap, settings.topic_enriched)
+    assert len(messages) >= events, f"{len(messages)} enriched records for {events} events"
     for m in messages:
         doc = orjson.loads(m.value() or b"")
         enriched[doc["event_id"]] = (m.key(), _without(doc, EVENT_PROCESSING_FIELDS))
     outliers = [
-        orjson.loads(m.value() or b"")
-        for m in consume_all(settings.kafka_bootstrap, [settings.topic_outliers])
+        orjson.loads(m.value() or b"") for m in read_topic(settings.kafka_bootstrap, settings.topic_outliers)
     ]
     states = {car: _without(st, STATE_PROCESSING_FIELDS) for car, st in vehicle_states(settings).items()}
     assert settings.history_dir is not None

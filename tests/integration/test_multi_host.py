@@ -34,8 +34,8 @@ pytestmark = pytest.mark.integration
 
 # A car whose two devices write to different telemetry partitions has its events merged in arrival order,
 # which differs between one process and two (and between runs): per-event rules then see other intermediate
-# states, and equal (ts, seq) from two devices are credited by arrival (enrich/join.py compares (ts, seq), not
-# (ts, seq, device_id)). Kept visible as an expected failure until the flow orders such merges by event time.
+# states (incident starts and ids differ), and equal (ts, seq) from two devices are credited by arrival. Kept
+# visible as an expected failure until the flow orders such merges by event time.
 ORDER_DEFECT = (
     "flow defect: a car's events from two devices on two partitions are merged in arrival order, so "
     "incident starts/ids and tie-broken signal sources depend on the process count"
