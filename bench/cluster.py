@@ -116,10 +116,15 @@ def main() -> None:
             two, two_wall = run(hosts, outputs(base, tmp), 2, tmp)
             ratios.append(two / one)
             wall_ratios.append(two_wall / one_wall)
-            print(f"round {r + 1}: 1 process {one:,.0f} events/s ({one_wall:,.0f} incl. start-up); 2 processes "
-                  f"in 2 namespaces {two:,.0f} events/s ({two_wall:,.0f}); ratio {two / one:.2f}")  # fmt: skip
-        print(f"ratio 2 namespaces / 1 process, median of {len(ratios)} rounds: {statistics.median(ratios):.2f} "
-              f"(incl. start-up {statistics.median(wall_ratios):.2f})")  # fmt: skip
+            print(
+                f"round {r + 1}: 1 process {one:,.0f} events/s ({one_wall:,.0f} incl. start-up); "
+                f"2 processes in 2 namespaces {two:,.0f} events/s ({two_wall:,.0f}); ratio {two / one:.2f}"
+            )
+        median, median_wall = statistics.median(ratios), statistics.median(wall_ratios)
+        print(
+            f"ratio 2 namespaces / 1 process, median of {len(ratios)} rounds: {median:.2f} "
+            f"(incl. start-up {median_wall:.2f})"
+        )
 
 
 if __name__ == "__main__":
