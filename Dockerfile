@@ -37,5 +37,10 @@ WORKDIR /home/enrich
 # HTTP API (`enrich api`); flow workers serve Prometheus metrics on ENRICH_METRICS_PORT (9464).
 EXPOSE 8000
 
+# One check for every service of this image: `enrich health auto` finds the enrich command running in the
+# container and checks what fits it — flows: their metrics endpoint; API: /readyz; alerts worker: config,
+# Redis, Kafka, SMTP and the worker's own Redis activity; one-shots (topics, simulate): nothing to check.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 CMD ["enrich", "health", "auto"]
+
 ENTRYPOINT []
 CMD ["enrich", "--help"]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import orjson
 import typer
 
+from cli.recovery import recovery_app
 from enrich.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from stores.redis_snapshot import RedisSnapshotStore
 
 flow_app = typer.Typer(help="Run a dataflow as a worker process (bytewax, with recovery).")
+flow_app.add_typer(recovery_app, name="recovery")
 snapshot_app = typer.Typer(help="Read the CDC snapshot store.")
 
 RecoveryDir = Annotated[
@@ -37,6 +39,13 @@ NoRecovery = Annotated[
 ]
 UntilEof = Annotated[bool, typer.Option("--until-eof", help="Stop at the end of the input (batch/benchmark)")]
 MetricsPort = Annotated[int | None, typer.Option(help="Serve Prometheus metrics on this port (0 = off)")]
+MetricsHost = Annotated[
+    str,
+    typer.Option(
+        envvar="ENRICH_METRICS_HOST",
+        help="Bind address of the metrics server (0.0.0.0 where probes or Prometheus scrape from outside)",
+    ),
+]
 
 
 def snapshot_store(settings: Settings) -> RedisSnapshotStore:
@@ -73,12 +82,12 @@ def _run_options(
     )
 
 
-def _serve_metrics(settings: Settings, port: int | None) -> None:
+def _serve_metrics(settings: Settings, port: int | None, host: str) -> None:
     chosen = settings.metrics_port if port is None else port
     if chosen:
         from prometheus_client import start_http_server
 
-        start_http_server(chosen, addr="127.0.0.1")
+        start_http_server(chosen, addr=host)
 
 
 def _run_flow(
@@ -89,13 +98,19 @@ def _run_flow(
     addresses: str | None,
     no_recovery: bool,
     metrics_port: int | None,
+    metrics_host: str,
 ) -> None:
+    from flows.recovery import RecoveryLayoutError
     from flows.runner import run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = get_settings()
-    _serve_metrics(settings, metrics_port)
-    run(build(settings), _run_options(settings, name, recovery_dir, no_recovery, process_id, addresses))
+    _serve_metrics(settings, metrics_port, metrics_host)
+    try:
+        run(build(settings), _run_options(settings, name, recovery_dir, no_recovery, process_id, addresses))
+    except RecoveryLayoutError as exc:
+        typer.echo(f"enrich flow {name}: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
 
 @flow_app.command("snapshot")
@@ -106,6 +121,7 @@ def flow_snapshot(
     no_recovery: NoRecovery = False,
     until_eof: UntilEof = False,
     metrics_port: MetricsPort = None,
+    metrics_host: MetricsHost = "127.0.0.1",
 ) -> None:
     """CDC topics → the merged snapshot in Redis (position-checked, never backwards)."""
     from enrich.tables import load_tables
@@ -115,7 +131,7 @@ def flow_snapshot(
         tables = load_tables(settings.tables_file)
         return build_flow(settings, tables, lambda: snapshot_store(settings), tail=not until_eof)
 
-    _run_flow("snapshot", build, recovery_dir, process_id, addresses, no_recovery, metrics_port)
+    _run_flow("snapshot", build, recovery_dir, process_id, addresses, no_recovery, metrics_port, metrics_host)
 
 
 @flow_app.command("enrich")
@@ -126,6 +142,7 @@ def flow_enrich(
     no_recovery: NoRecovery = False,
     until_eof: UntilEof = False,
     metrics_port: MetricsPort = None,
+    metrics_host: MetricsHost = "127.0.0.1",
 ) -> None:
     """Telemetry → join with the snapshot → enriched topic, latest vehicle state in Redis, Parquet history."""
     from flows.enrichment import build_flow
@@ -133,7 +150,7 @@ def flow_enrich(
     def build(settings: Settings) -> Dataflow:
         return build_flow(settings, tail=not until_eof)
 
-    _run_flow("enrich", build, recovery_dir, process_id, addresses, no_recovery, metrics_port)
+    _run_flow("enrich", build, recovery_dir, process_id, addresses, no_recovery, metrics_port, metrics_host)
 
 
 @snapshot_app.command("get")

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from cli.alerts import alerts_app
 from cli.flows import flow_app, snapshot_app
+from cli.health import health_app
 from enrich.settings import get_settings
 from simulator.scenarios import SCENARIOS
 
@@ -23,6 +24,7 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(flow_app, name="flow")
 app.add_typer(snapshot_app, name="snapshot")
 app.add_typer(alerts_app, name="alerts")
+app.add_typer(health_app, name="health")
 console = Console(soft_wrap=True)
 
 

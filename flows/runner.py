@@ -9,7 +9,9 @@ from pathlib import Path
 
 from bytewax._bytewax import cli_main
 from bytewax.dataflow import Dataflow
-from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.recovery import RecoveryConfig
+
+from flows.recovery import prepare
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,15 +26,18 @@ class RunOptions:
 
 def run(flow: Dataflow, opts: RunOptions) -> None:
     """Block running ``flow``. With a recovery dir, state and input offsets are snapshotted every
-    ``snapshot_interval_s`` and a restart resumes from the last snapshot (output is at-least-once)."""
+    ``snapshot_interval_s`` and a restart resumes from the last snapshot (output is at-least-once).
+
+    The recovery dir is either shared by every process or one per process (flows/recovery.py); on first
+    start this process creates its partitions, later starts check that the layout fits the process count.
+    """
     # The flows hold many small long-lived dicts (caches, vehicle states); CPython's default GC thresholds
     # would rescan them thousands of times a second. Collect young objects far less often instead.
     gc.set_threshold(200_000, 50, 1000)
     recovery = None
     if opts.recovery_dir is not None:
-        if not any(opts.recovery_dir.glob("part-*.sqlite3")):
-            opts.recovery_dir.mkdir(parents=True, exist_ok=True)
-            init_db_dir(opts.recovery_dir, opts.recovery_partitions)  # type: ignore[no-untyped-call]
+        processes = len(opts.addresses) if opts.addresses else 1
+        prepare(opts.recovery_dir, opts.recovery_partitions, opts.process_id or 0, processes)
         recovery = RecoveryConfig(  # type: ignore[no-untyped-call]
             opts.recovery_dir, timedelta(seconds=opts.backup_interval_s)
         )

@@ -25,9 +25,17 @@ class KafkaBroker:
     """Install, format, start and stop one broker whose files live under ``root``."""
 
     def __init__(
-        self, root: Path, *, port: int, controller_port: int, heap: str = "1g", lib: Path | None = None
+        self,
+        root: Path,
+        *,
+        port: int,
+        controller_port: int,
+        heap: str = "1g",
+        lib: Path | None = None,
+        host: str = "127.0.0.1",
     ) -> None:
         self.root = root.resolve()
+        self.host = host  # listeners bind to and advertise this address (loopback for the local stack)
         self.port = port
         self.controller_port = controller_port
         self.heap = heap
@@ -40,7 +48,7 @@ class KafkaBroker:
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     # -- install ---------------------------------------------------------------------------------------
     def pom_text(self) -> str:
@@ -93,9 +101,9 @@ class KafkaBroker:
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
-            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.quorum.voters": f"1@{self.host}:{self.controller_port}",
+            "listeners": f"PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{self.host}:{self.port}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",

@@ -40,17 +40,21 @@ def install_redis_server() -> str:
 
 
 class RedisServer:
-    def __init__(self, root: Path, *, port: int) -> None:
+    def __init__(self, root: Path, *, port: int, host: str = "127.0.0.1") -> None:
         self.root = root.resolve()
         self.port = port
+        self.host = host  # bind address (loopback for the local stack)
         self.config = self.root / "redis.conf"
         self.process = Managed("redis", self.root / "redis.pid", str(self.root))
 
     def write_config(self) -> None:
         (self.root / "data").mkdir(parents=True, exist_ok=True)
+        loopback = self.host.startswith("127.")
         self.config.write_text(
-            "bind 127.0.0.1 -::1\n"
-            "protected-mode yes\n"
+            f"bind {self.host}{' -::1' if loopback else ''}\n"
+            # Protected mode refuses every non-loopback client of a server without a password; a server
+            # bound to another address (a private bridge of test namespaces) is meant to be reached there.
+            f"protected-mode {'yes' if loopback else 'no'}\n"
             f"port {self.port}\n"
             "daemonize no\n"
             f"dir {self.root / 'data'}\n"

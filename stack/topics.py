@@ -38,7 +38,16 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
 
 
 def create_topics(bootstrap: str, specs: list[TopicSpec], timeout: float = 30.0) -> dict[str, str]:
-    """Create missing topics. Returns {topic: "created" | "exists"}. Raises StackError on other failures."""
+    """Create missing topics. Returns {topic: "created" | "exists"}. Raises StackError on other failures.
+
+    A topic named twice is created once (librdkafka would crash the process on a duplicate name)."""
+    by_name: dict[str, TopicSpec] = {}
+    for spec in specs:
+        if by_name.setdefault(spec.name, spec) != spec:
+            raise StackError(
+                f"topic {spec.name} is specified twice, differently: {by_name[spec.name]} / {spec}"
+            )
+    specs = list(by_name.values())
     admin = AdminClient({"bootstrap.servers": bootstrap})
     futures = admin.create_topics(
         [NewTopic(s.name, num_partitions=s.partitions, replication_factor=1, config=s.config) for s in specs],

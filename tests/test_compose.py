@@ -388,6 +388,24 @@ def test_workers_share_the_stack_configuration() -> None:
     assert len(flow_volumes) == len(FLOWS), "each flow needs its own recovery volume"
 
 
+def test_workers_are_checked_the_way_the_image_checks_them() -> None:
+    """Each long-running worker has a healthcheck, the one `enrich health auto` (the image's HEALTHCHECK)
+    would pick for its command and environment, and a restart policy that brings it back."""
+    from cli.health import check_for
+
+    all_services = services(load_compose())
+    for name in ("snapshot-flow", "enrich-flow", "alerts", "api"):
+        service = all_services[name]
+        expected = check_for(command(service)[1:], environment(service))
+        assert expected is not None, name
+        check = service.get("healthcheck") or {}
+        assert check.get("test") == ["CMD", "enrich", "health", *expected], name
+        assert {"interval", "timeout", "retries", "start_period"} <= set(check), name
+        assert service.get("restart") == "unless-stopped", name
+    assert check_for(["api"], {})[-1].endswith("/readyz")  # type: ignore[index]
+    assert check_for(["alerts", "run"], {}) == ["alerts"]
+
+
 def test_named_volumes_are_declared() -> None:
     compose = load_compose()
     declared = set(compose.get("volumes") or {})
@@ -433,6 +451,13 @@ def test_dockerfile_builds_a_non_root_enrich_image() -> None:
     assert entrypoints in ([], [[]]), "no entrypoint: compose `command:` is the whole command line"
     cmds = [json.loads(args) for keyword, args in instructions if keyword == "CMD"]
     assert cmds[-1:] == [["enrich", "--help"]]
+
+    checks = [args for keyword, args in instructions if keyword == "HEALTHCHECK"]
+    assert len(checks) == 1, "the image needs one HEALTHCHECK"
+    options, _, exec_form = checks[0].partition(" CMD ")
+    assert json.loads(exec_form) == ["enrich", "health", "auto"], "exec form, no shell needed"
+    for option in ("--interval=", "--timeout=", "--start-period=", "--retries="):
+        assert option in options, option
 
 
 def test_dockerignore_keeps_local_state_out_of_the_build() -> None:
