@@ -26,6 +26,7 @@ Invariants:
 
 from __future__ import annotations
 
+import heapq
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -43,7 +44,8 @@ from enrich.rules.names import ATTR, ENGINE, SPEED, VehicleFacts
 from enrich.telemetry import Scalar, Telemetry
 
 LAT, LON = "Vehicle.CurrentLocation.Latitude", "Vehicle.CurrentLocation.Longitude"
-Stamp = tuple[int, int, str]  # event time, sequence, device
+Stamp = tuple[int, int, str]  # event time, sequence, device: a total order of a car's events
+Held = tuple[Telemetry, dict[str, Any] | None, dict[str, Any] | None]  # event, car and reservation rows
 
 
 @dataclass(slots=True)
@@ -55,6 +57,8 @@ class CarState(VehicleFacts):
     alerts: Alerts = field(default_factory=dict)
     evaluated_at: int = 0  # event time of the last rule evaluation
     deadline: int | None = None  # filed in the timers (kept here for the recovery snapshot)
+    held: list[Held] = field(default_factory=list)  # events waiting for the car's other partitions
+    multi: bool = False  # the car's devices report on more than one partition
     updated_at: int = 0
     version: int = 0
     dirty: bool = False  # the document changed since it was last written
@@ -83,12 +87,12 @@ class CarState(VehicleFacts):
         alerts = {k: (a.active_since, a.last_true, a.firing, a.incident_id) for k, a in self.alerts.items()}
         return (self.speed_prev, self.speed_last, self.engine_on_at, self.device_id, self.newest,
                 dict(self.device_seen), dict(self.partitions), alerts, self.evaluated_at,
-                self.deadline)  # fmt: skip
+                self.deadline, list(self.held), self.multi)  # fmt: skip
 
     @classmethod
     def thaw(cls, doc: dict[str, Any], frozen: tuple[Any, ...]) -> CarState:
         signals = doc["signals"]
-        sp, sl, eng, dev, newest, seen, parts, alerts, evaluated, deadline = frozen
+        sp, sl, eng, dev, newest, seen, parts, alerts, evaluated, deadline, held, multi = frozen
         return cls(
             car_id=doc["car_id"],
             values={p: s["value"] for p, s in signals.items()},
@@ -106,6 +110,8 @@ class CarState(VehicleFacts):
             alerts={k: AlertState(*a) for k, a in alerts.items()},
             evaluated_at=evaluated,
             deadline=deadline,
+            held=list(held),
+            multi=multi,
             updated_at=doc["updated_at"],
             version=doc["version"],
         )
@@ -164,9 +170,12 @@ class StateCore:
         self._unsnapped: set[int] = set()  # cars touched since the last snapshot
         self.encode_s = 0.0  # seconds spent encoding state documents (for the stage budget)
         self.watermark = Watermark(dict(snap.progress), set(snap.idle), snap.watermark)
+        self._holding: list[tuple[int, int]] = []  # (oldest held event time, car): cars with held events
         for car, (_doc, frozen) in self.frozen.items():
             if frozen[9] is not None:
                 self.timers.file(car, frozen[9])
+            if frozen[10]:
+                heapq.heappush(self._holding, (min(h[0].ts for h in frozen[10]), car))
 
     # -- state -----------------------------------------------------------------------------------------
     def car(self, car_id: int) -> CarState:
@@ -203,37 +212,92 @@ class StateCore:
         wm = self.watermark.value
         if inp.partition:
             wm = self.watermark.observe(inp.partition, inp.progress, inp.idle)
-        if inp.cars:
-            for car_id, ce in inp.cars.items():
-                self._car_events(car_id, ce, inp.partition, wall_ms, out)
-                touched.add(car_id)
+        part = inp.partition
+        for car_id, ce in inp.cars.items():
+            cs = self.car(car_id)
+            parts = cs.partitions
+            for tel in ce.events:  # where each device reports (it may move when partitions change)
+                if parts.get(tel.device_id) != part:
+                    parts[tel.device_id] = part
+                    cs.multi = len(set(parts.values())) > 1
+            if cs.multi or cs.held:
+                self._hold(cs, ce, wall_ms, out)
+            else:
+                events = ce.events if len(ce.events) < 2 else _in_order(ce.events)
+                self._car_events(cs, events, ce.car, ce.reservation, ce.newest, wall_ms, out)
+            touched.add(car_id)
+        if wm is not None and self._holding and self._holding[0][0] < wm:
+            touched.update(self._release(wm, wall_ms, out))
         if wm is not None and self.rules_on:
             touched.update(self._sweep(wm, wall_ms, out))
         self._finish(touched, out, wall_ms)
         return out
 
-    def _car_events(self, car_id: int, ce: CarEvents, partition: str, wall_ms: int, out: StateOut) -> None:
-        cs = self.car(car_id)
-        events = ce.events
-        if len(events) > 1:
-            events = _in_order(events)
+    # -- cars on several partitions: events in event-time order ----------------------------------------
+    def _hold(self, cs: CarState, ce: CarEvents, wall_ms: int, out: StateOut) -> None:
+        """A car whose devices report on several partitions sees its events in (time, sequence, device)
+        order, whatever order the partitions deliver them in: each waits until every partition of the
+        car has passed its time (the car's watermark), so 1 or N processes give the same result."""
+        cs.held.extend((tel, ce.car, ce.reservation) for tel in ce.events)
+        self._release_car(cs, wall_ms, out)
+
+    def _release_car(self, cs: CarState, wall_ms: int, out: StateOut) -> None:
+        limit = self._car_watermark(cs)
+        cs.held.sort(key=_held_order)
+        n = 0
+        for tel, _car, _res in cs.held:
+            if tel.ts >= limit:
+                break
+            n += 1
+        if n:
+            ready, cs.held = cs.held[:n], cs.held[n:]
+            _tel, car_row, res_row = ready[-1]
+            self._car_events(cs, [h[0] for h in ready], car_row, res_row, ready[-1][0].ts, wall_ms, out)
+        if cs.held:
+            heapq.heappush(self._holding, (cs.held[0][0].ts, cs.car_id))
+
+    def _release(self, wm: int, wall_ms: int, out: StateOut) -> list[int]:
+        """Cars holding events the watermark has passed (each is checked against its own watermark)."""
+        done: set[int] = set()
+        while self._holding and self._holding[0][0] < wm:
+            _ts, car_id = heapq.heappop(self._holding)
+            if car_id in done:
+                continue
+            cs = self.car(car_id)
+            if cs.held:
+                done.add(car_id)
+                self._release_car(cs, wall_ms, out)
+        return list(done)
+
+    def _car_events(
+        self,
+        cs: CarState,
+        events: list[Telemetry],
+        car_row: dict[str, Any] | None,
+        res_row: dict[str, Any] | None,
+        newest: int,
+        wall_ms: int,
+        out: StateOut,
+    ) -> None:
+        """Fold events of one car (in the order given) and evaluate the rules after each."""
+        car_id = cs.car_id
         new_car = not cs.device_seen and not cs.values
         attr_changed = False
         if (
-            ce.newest >= cs.last_seen
-            and ce.car is not None
-            and (ce.car != cs.car or ce.reservation != cs.reservation)
+            newest >= cs.last_seen
+            and car_row is not None
+            and (car_row != cs.car or res_row != cs.reservation)
         ):
-            cs.car, cs.reservation = ce.car, ce.reservation
+            cs.car, cs.reservation = car_row, res_row
             attr_changed = cs.dirty = True
-        values, stamps, seen, parts = cs.values, cs.stamps, cs.device_seen, cs.partitions
+        values, stamps, seen = cs.values, cs.stamps, cs.device_seen
         inputs, rules_on, engine = self.watched, self.rules_on, self.engine
         devices_changed = False
         for tel in events:
             ts, device, signals = tel.ts, tel.device_id, tel.signals
             filed = cs.deadline
             if filed is not None and filed < ts and rules_on:  # a deadline falls before this event
-                limit = min(ts - 1, self._car_watermark(cs))
+                limit = min(ts, self._car_watermark(cs)) - 1
                 if filed <= limit:
                     self._validate([cs])
                     self._run_deadlines(cs, limit, wall_ms, out)
@@ -243,14 +307,11 @@ class StateCore:
                     self._validate([cs])  # a new device: are the others still the car's?
                 devices_changed = True
                 seen[device] = ts
-                parts[device] = partition
             elif last < ts:
                 seen[device] = ts
-                if parts.get(device) != partition:
-                    parts[device] = partition
-            stamp = (ts, tel.seq)
+            stamp = (ts, tel.seq, device)
             if stamp < cs.newest:  # older than what the car already showed: values only where older
-                _merge_older(values, stamps, signals, (ts, tel.seq, device))
+                _merge_older(values, stamps, signals, stamp)
                 cs.dirty = True
                 continue
             # the facts rules read (VehicleFacts.see, inlined: this runs once per event)
@@ -270,7 +331,7 @@ class StateCore:
             else:
                 values.update(signals)
                 changed = False
-            stamps.update(dict.fromkeys(signals, (ts, tel.seq, device)))
+            stamps.update(dict.fromkeys(signals, stamp))
             cs.dirty = True
             if rules_on and (changed or attr_changed or cs.alerts or new_car):
                 now = ts if ts > cs.evaluated_at else cs.evaluated_at
@@ -285,13 +346,18 @@ class StateCore:
             self._refile(cs)
 
     def _car_watermark(self, cs: CarState) -> int:
-        """How far every partition this car's devices report on has got (a per-car watermark)."""
-        progress = self.watermark.progress
+        """The car's own watermark: every event of its devices older than this has been seen (the oldest
+        progress of the partitions they report on; idle ones do not hold it back, and when all are idle
+        it is just past the newest)."""
+        progress, idle = self.watermark.progress, self.watermark.idle
         parts = cs.partitions
         if len(parts) == 1:
             for p in parts.values():
-                return progress.get(p, 0)
-        return min((progress.get(p, 0) for p in parts.values()), default=0)
+                return progress.get(p, 0) + (1 if p in idle else 0)
+        times = [progress.get(p, 0) for p in set(parts.values()) if p not in idle]
+        if times:
+            return min(times)
+        return max((progress.get(p, 0) for p in parts.values()), default=0) + 1
 
     def _refile(self, cs: CarState) -> None:
         deadline = self.engine.next_deadline(cs, cs.alerts, cs.evaluated_at)
@@ -317,7 +383,7 @@ class StateCore:
             cs.evaluated_at = deadline
 
     def _sweep(self, wm: int, wall_ms: int, out: StateOut) -> list[int]:
-        due = self.timers.due(wm)
+        due = self.timers.due(wm - 1)  # strictly before the watermark
         if not due:
             return []
         cars = [self.car(car_id) for _, car_id in due]
@@ -360,17 +426,23 @@ class StateCore:
         self.encode_s += time.perf_counter() - start
 
 
-def _order(tel: Telemetry) -> tuple[int, int]:
-    return (tel.ts, tel.seq)
+def _order(tel: Telemetry) -> Stamp:
+    return (tel.ts, tel.seq, tel.device_id)
+
+
+def _held_order(h: Held) -> Stamp:
+    return (h[0].ts, h[0].seq, h[0].device_id)
 
 
 def _in_order(events: list[Telemetry]) -> list[Telemetry]:
-    """``events`` by (event time, sequence); they usually arrive so, and then are returned as they are."""
-    prev = events[0]
+    """``events`` by (event time, sequence, device); they usually arrive so, and are then returned as
+    they are."""
+    prev = _order(events[0])
     for tel in events[1:]:
-        if tel.ts < prev.ts or (tel.ts == prev.ts and tel.seq < prev.seq):
+        stamp = _order(tel)
+        if stamp < prev:
             return sorted(events, key=_order)
-        prev = tel
+        prev = stamp
     return events
 
 
@@ -380,7 +452,7 @@ def _merge_older(
     """An out-of-order event: each of its signals wins only where the state holds an older value."""
     for path, value in new.items():
         have = stamps.get(path)
-        if have is None or (have[0], have[1]) < (stamp[0], stamp[1]):
+        if have is None or have < stamp:
             values[path] = value
             stamps[path] = stamp
 

@@ -5,11 +5,14 @@ oldest of those over the partitions that are not idle, so no timer fires for a t
 not reached yet. A partition is *idle* when its source says so: it has read to the end of the partition
 and nothing new arrived for ``ENRICH_WATERMARK_IDLE_S`` (the source decides, because only it knows whether
 data is waiting). An idle partition stops holding the watermark back until its next record; when every
-partition is idle, the watermark is the newest event time seen anywhere (everything readable has been
-read). A partition that is merely not heard from — broker down, worker paused while Redis restarts — is
-not idle and keeps holding the watermark, so an outage can never make timers fire early.
+partition is idle, the watermark is just past the newest event time seen anywhere (everything readable
+has been read). A partition that is merely not heard from — broker down, worker paused while Redis
+restarts — is not idle and keeps holding the watermark, so an outage can never make timers fire early.
 
-The watermark never moves backwards, and involves no clock: the same input gives the same watermark.
+Every event older than the watermark has been seen (events *at* a partition's newest time may still be on
+their way: ties are not complete), so users compare strictly: a deadline ``D`` is due when ``D <
+watermark``. The watermark never moves backwards, and involves no clock: the same input gives the same
+watermark.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ class Watermark:
         else:
             self.idle.discard(partition)
         active = [ts for p, ts in self.progress.items() if p not in self.idle]
-        candidate = min(active) if active else max(self.progress.values())
+        candidate = min(active) if active else max(self.progress.values()) + 1
         if candidate > 0 and (self.value is None or candidate > self.value):
             self.value = candidate
         return self.value

@@ -40,7 +40,7 @@ class VehicleFacts:
     speed_last: tuple[float, int] | None = None
     engine_on_at: int | None = None  # event time the engine was last seen running
     device_id: str | None = None  # device of the newest event
-    newest: tuple[int, int] = (0, -1)  # (ts, seq) of the newest event folded in
+    newest: tuple[int, int, str] = (0, -1, "")  # (ts, seq, device) of the newest event folded in
 
     def see(self, tel: Telemetry) -> bool:
         """Fold one event into the rule facts (not the values); False when it is older than what the car
@@ -49,7 +49,7 @@ class VehicleFacts:
         seen = self.device_seen
         if seen.get(tel.device_id, -1) < ts:
             seen[tel.device_id] = ts
-        stamp = (ts, tel.seq)
+        stamp = (ts, tel.seq, tel.device_id)
         if stamp < self.newest:
             return False
         self.newest = stamp

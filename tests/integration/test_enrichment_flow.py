@@ -88,20 +88,21 @@ def test_enriched_events_and_state_match_the_snapshot(settings: Settings, tmp_pa
         schema.validate(e)
     assert len({e["event_id"] for e in events}) == len(events)
 
-    # Latest state: per car, every signal holds the value of the newest event that carried it.
+    # Latest state: per car, every signal holds the value of the newest event that carried it (events of a
+    # car are totally ordered by event time, sequence, device).
     states = vehicle_states(settings)
     assert set(states) == {e["car_id"] for e in events}
-    newest: dict[tuple[int, str], tuple[int, int, Any]] = {}
+    newest: dict[tuple[int, str], tuple[int, int, str, Any]] = {}
     for e in events:
         for path, value in e["signals"].items():
             key = (e["car_id"], path)
-            if key not in newest or newest[key][:2] < (e["ts"], e["seq"]):
-                newest[key] = (e["ts"], e["seq"], value)
+            if key not in newest or newest[key][:3] < (e["ts"], e["seq"], e["device_id"]):
+                newest[key] = (e["ts"], e["seq"], e["device_id"], value)
     state_schema = Target("vehicle-state", None).validator()
     for car, state in states.items():
         state_schema.validate(state)
         for path, sig in state["signals"].items():
-            assert (sig["ts"], sig["seq"], sig["value"]) == newest[(car, path)]
+            assert (sig["ts"], sig["seq"], sig["device_id"], sig["value"]) == newest[(car, path)]
         assert state["car"] == store.get("carinfo", str(car)).row  # type: ignore[union-attr]
         assert state["last_seen"] == max(e["ts"] for e in events if e["car_id"] == car)
 
