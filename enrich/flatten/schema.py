@@ -246,7 +246,7 @@ def reconcile(schema: Node, batch: Node, stats: dict[str, tuple[int, int]], poli
         if s.kind == "list" and b.kind == "list":
             _nullability(s, nulls, path)
             assert b.item is not None
-            before = len(actions)
+            before, seen = len(actions), len(events)
             meet(s, None, s.item, b.item, item_path(path))
             sub = actions.get(item_path(path))
             if sub is not None and sub.kind in ("variant", "drop") and len(actions) > before:
@@ -259,7 +259,9 @@ def reconcile(schema: Node, batch: Node, stats: dict[str, tuple[int, int]], poli
                 if sub.tag in s.item.variants:
                     s.item.variants.remove(sub.tag)
                 actions[path] = Action("variant", tag=variant_tag(b), reason=sub.reason)
-                if variant_tag(b) not in s.variants:
+                if variant_tag(b) in s.variants:
+                    del events[seen:]  # this list variant is known: not new drift
+                else:
                     s.variants.append(variant_tag(b))
             return
         if s.kind == "scalar" and b.kind == "scalar":
@@ -275,6 +277,9 @@ def reconcile(schema: Node, batch: Node, stats: dict[str, tuple[int, int]], poli
             change: DriftClass = "widened" if wider is not None else "incompatible"
         else:
             change = "shape"
+        if variant_tag(b) in s.variants:  # a variant seen before: not new drift
+            actions[path] = Action("variant", tag=variant_tag(b), reason=change)
+            return
         mode = policies[change]
         event(path, change, s, b, mode)
         act = _row_action(mode, change, path, variant_tag(b))

@@ -205,7 +205,7 @@ class ChunkReader:
                 msg = str(exc)
                 m = _CONFLICT.search(msg)
                 path = error_path(m["col"], explicit) if m else None
-                if path is not None and path not in self.holes:
+                if path and path not in self.holes:
                     self.holes.add(path)
                     continue
                 if "Failed to convert JSON to int64" in msg:  # a double where int64 was explicit: infer
