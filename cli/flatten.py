@@ -30,7 +30,9 @@ console = Console(soft_wrap=True, stderr=False)
 
 def exit_code(report: dict[str, Any]) -> int:
     drift, rejected = bool(report["drift"]), bool(report["rejected_input"])
-    return EXIT_BOTH if drift and rejected else EXIT_DRIFT if drift else EXIT_REJECTED if rejected else EXIT_OK
+    return (
+        EXIT_BOTH if drift and rejected else EXIT_DRIFT if drift else EXIT_REJECTED if rejected else EXIT_OK
+    )
 
 
 def _on(values: list[str] | None) -> dict[str, str]:
@@ -44,22 +46,40 @@ def _on(values: list[str] | None) -> dict[str, str]:
 
 
 def flatten(
-    sources: Annotated[list[str] | None, typer.Argument(help="Files, directories or globs (.jsonl, .json, .gz, .parquet)")] = None,
+    sources: Annotated[
+        list[str] | None, typer.Argument(help="Files, directories or globs (.jsonl, .json, .gz, .parquet)")
+    ] = None,
     dataset: Annotated[str | None, typer.Option(help="Dataset name (root table, registry entry)")] = None,
     out: Annotated[Path | None, typer.Option(help="Output directory of the tables")] = None,
-    registry: Annotated[Path | None, typer.Option(help="Schema registry directory (default <out>/_registry)")] = None,
+    registry: Annotated[
+        Path | None, typer.Option(help="Schema registry directory (default <out>/_registry)")
+    ] = None,
     report: Annotated[Path | None, typer.Option(help="Write the run report (JSON) here")] = None,
     policy: Annotated[Path | None, typer.Option(help="Drift policy YAML (class: mode)")] = None,
-    on: Annotated[list[str] | None, typer.Option(help="Policy override CLASS=MODE, e.g. incompatible=quarantine")] = None,
+    on: Annotated[
+        list[str] | None, typer.Option(help="Policy override CLASS=MODE, e.g. incompatible=quarantine")
+    ] = None,
     sep: Annotated[str, typer.Option(help="Separator of flattened column names")] = ".",
-    scalar_lists: Annotated[str, typer.Option(help="Arrays of scalars as child 'table's or list 'column's")] = "table",
-    partition_by: Annotated[list[str] | None, typer.Option(help="Hive partitions: PATH[:date|month|hour]")] = None,
-    json_column: Annotated[str | None, typer.Option(help="Parquet sources: the column holding the JSON")] = None,
+    scalar_lists: Annotated[
+        str, typer.Option(help="Arrays of scalars as child 'table's or list 'column's")
+    ] = "table",
+    partition_by: Annotated[
+        list[str] | None, typer.Option(help="Hive partitions: PATH[:date|month|hour]")
+    ] = None,
+    json_column: Annotated[
+        str | None, typer.Option(help="Parquet sources: the column holding the JSON")
+    ] = None,
     batch_mb: Annotated[int, typer.Option(min=1, help="Chunk size in MB: memory is bounded by it")] = 32,
-    workers: Annotated[int | None, typer.Option(min=1, help="Worker processes (default: cores, at most files)")] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Worker processes (default: cores, at most files)")
+    ] = None,
     no_alert: Annotated[bool, typer.Option("--no-alert", help="Do not send the drift alert")] = False,
-    plan_only: Annotated[bool, typer.Option("--plan-only", help="Only plan the run (several hosts: see README)")] = False,
-    finish_plan: Annotated[Path | None, typer.Option("--finish", help="Finish a run planned with --plan-only")] = None,
+    plan_only: Annotated[
+        bool, typer.Option("--plan-only", help="Only plan the run (several hosts: see README)")
+    ] = False,
+    finish_plan: Annotated[
+        Path | None, typer.Option("--finish", help="Finish a run planned with --plan-only")
+    ] = None,
 ) -> None:
     """Flatten nested JSON into relational Parquet tables; track the schema; alert on drift."""
     from flows import flatten_job as job
@@ -75,16 +95,28 @@ def flatten(
             if scalar_lists not in ("table", "column"):
                 raise typer.BadParameter("--scalar-lists is 'table' or 'column'")
             n = workers or max(1, min(os.cpu_count() or 1, len(sources)))
-            plan = job.plan(sources, dataset=dataset, out=out, registry_dir=registry or out / "_registry",
-                            policy_file=policy, policy_overrides=_on(on), batch_bytes=batch_mb << 20, sep=sep,
-                            scalar_lists=scalar_lists, partition_by=partition_by or [], json_column=json_column,
-                            workers=n)  # fmt: skip
+            plan = job.plan(
+                sources,
+                dataset=dataset,
+                out=out,
+                registry_dir=registry or out / "_registry",
+                policy_file=policy,
+                policy_overrides=_on(on),
+                batch_bytes=batch_mb << 20,
+                sep=sep,
+                scalar_lists=scalar_lists,
+                partition_by=partition_by or [],
+                json_column=json_column,
+                workers=n,
+            )
             if plan.workers > max(1, len(plan.units)):
                 plan.workers = max(1, len(plan.units))
                 plan.save()
             if plan_only:
                 console.print(f"planned run {plan.run} of {plan.dataset}: {plan.path}")
-                console.print(f"  on each host K of N: enrich flow flatten --plan {plan.path} -i K -a 'h0:p;h1:p;…'")
+                console.print(
+                    f"  on each host K of N: enrich flow flatten --plan {plan.path} -i K -a 'h0:p;h1:p;…'"
+                )
                 console.print(f"  then, once all stopped: enrich flatten --finish {plan.path}")
                 return
             _run_workers(plan, settings)
@@ -115,14 +147,24 @@ def _run_workers(plan: Any, settings: Settings) -> None:
         if addresses:
             cmd += ["-i", str(i), "-a", addresses]
         with open(logs / f"worker-{i}.log", "ab") as log:
-            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                          env={**os.environ, **settings.as_env()}))  # fmt: skip
+            procs.append(
+                subprocess.Popen(
+                    cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **settings.as_env()}
+                )
+            )
     staging = Staging(Path(plan.out), plan.dataset, plan.run)
     total = sum(int(u["size"]) for u in plan.units) or 1
     started = time.monotonic()
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TextColumn("{task.fields[rate]}"),
-               TimeRemainingColumn())  # fmt: skip
-    with Progress(*columns, console=console, transient=not sys.stdout.isatty(), disable=not sys.stdout.isatty()) as bar:
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+    )
+    with Progress(
+        *columns, console=console, transient=not sys.stdout.isatty(), disable=not sys.stdout.isatty()
+    ) as bar:
         task = bar.add_task(f"flatten {plan.dataset} run {plan.run}", total=total, rate="")
         while any(p.poll() is None for p in procs):
             done, records = staging.done_bytes()
@@ -156,7 +198,9 @@ def _alert(settings: Settings, plan: Any, result: dict[str, Any]) -> dict[str, A
     except Exception as exc:  # the data is published either way; say so, keep the incident for next time
         console.print(f"[yellow]drift alert not sent:[/yellow] {exc}", highlight=False)
         if fired is not None:
-            save_alert(registry, plan.dataset, plan.run, {"status": "unsent", "error": str(exc), "event": fired})
+            save_alert(
+                registry, plan.dataset, plan.run, {"status": "unsent", "error": str(exc), "event": fired}
+            )
         return {"status": "unsent", "error": str(exc)}
     if prev_run is not None and prev_event is not None:
         save_alert(registry, plan.dataset, prev_run.run, {"status": "resolved", "event": prev_event})
@@ -170,15 +214,23 @@ def _produce(settings: Settings, dataset: str, events: list[dict[str, Any]]) -> 
     from confluent_kafka import KafkaException, Producer
 
     errors: list[str] = []
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "enable.idempotence": True,
-                         "message.timeout.ms": 15000, "log_level": 3})  # fmt: skip
+    producer = Producer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "enable.idempotence": True,
+            "message.timeout.ms": 15000,
+            "log_level": 3,
+        }
+    )
 
     def delivered(err: Any, _msg: Any) -> None:
         if err is not None:
             errors.append(str(err))
 
     for event in events:
-        producer.produce(settings.topic_outliers, orjson.dumps(event), dataset.encode(), on_delivery=delivered)
+        producer.produce(
+            settings.topic_outliers, orjson.dumps(event), dataset.encode(), on_delivery=delivered
+        )
     left = producer.flush(20)
     if left or errors:
         raise KafkaException(f"{left} undelivered; {'; '.join(errors)}")
@@ -197,14 +249,25 @@ def show_report(r: dict[str, Any]) -> None:
             seen = f["first_seen"] or {}
             where = f"{Path(seen['file']).name}:{seen['line']}" if seen else "-"
             example = orjson.dumps(f["example"]).decode()
-            drift.add_row(f["path"], f["change"], f["old_type"] or "-", f["new_type"] or "-",
-                          example[:30], where, f["policy"])  # fmt: skip
+            drift.add_row(
+                f["path"],
+                f["change"],
+                f["old_type"] or "-",
+                f["new_type"] or "-",
+                example[:30],
+                where,
+                f["policy"],
+            )
         console.print(drift)
     if r["errors"]:
         errs = Table("file", "line", "reason", "detail", title=f"rejected input ({r['rejected_input']})")
         for e in r["errors"][:20]:
-            errs.add_row(Path(e["file"]).name, str(e.get("line") if e.get("line") is not None else "-"),
-                         e["reason"], str(e.get("detail", ""))[:60])  # fmt: skip
+            errs.add_row(
+                Path(e["file"]).name,
+                str(e.get("line") if e.get("line") is not None else "-"),
+                e["reason"],
+                str(e.get("detail", ""))[:60],
+            )
         console.print(errs)
     alert = r.get("alert")
     console.print(
@@ -216,7 +279,9 @@ def show_report(r: dict[str, Any]) -> None:
 
 @flow_app.command("flatten")
 def flow_flatten(
-    plan_path: Annotated[Path, typer.Option("--plan", help="plan.json of the run (enrich flatten --plan-only)")],
+    plan_path: Annotated[
+        Path, typer.Option("--plan", help="plan.json of the run (enrich flatten --plan-only)")
+    ],
     process_id: Annotated[int | None, typer.Option("--process-id", "-i")] = None,
     addresses: Annotated[str | None, typer.Option("--addresses", "-a")] = None,
 ) -> None:
@@ -227,5 +292,9 @@ def flow_flatten(
     from flows.runner import RunOptions, run
 
     plan = Plan.load(plan_path)
-    run(build_flow(plan), RunOptions(recovery_dir=None, process_id=process_id,
-                                     addresses=addresses.split(";") if addresses else None))  # fmt: skip
+    run(
+        build_flow(plan),
+        RunOptions(
+            recovery_dir=None, process_id=process_id, addresses=addresses.split(";") if addresses else None
+        ),
+    )

@@ -30,8 +30,11 @@ class _Units(StatelessSourcePartition[tuple[int, Chunk]]):
     def __init__(self, plan: Plan, worker: int, units: list[dict[str, object]]) -> None:
         self.worker = worker
         self.items: Iterator[Chunk] = (
-            c for u in units for c in chunks(Path(str(u["path"])), int(str(u["unit"])), plan.batch_bytes,
-                                             json_column=plan.json_column)  # fmt: skip
+            c
+            for u in units
+            for c in chunks(
+                Path(str(u["path"])), int(str(u["unit"])), plan.batch_bytes, json_column=plan.json_column
+            )
         )
 
     def next_batch(self) -> list[tuple[int, Chunk]]:

@@ -21,9 +21,10 @@ from typing import Any
 import orjson
 
 from enrich.flatten.arrow.chunk import ChunkResult, Flattener, Options, PartitionBy
-from enrich.flatten.findings import PieceRecord, finish as replay
+from enrich.flatten.findings import PieceRecord
+from enrich.flatten.findings import finish as replay
 from enrich.flatten.policy import load_policies, parse_policies
-from enrich.flatten.registry import RegistryConflict, RunRecord, SchemaRegistry, SchemaVersion, now_iso
+from enrich.flatten.registry import RegistryConflictError, RunRecord, SchemaRegistry, SchemaVersion, now_iso
 from enrich.flatten.schema import DriftEvent, Node
 from stores.flatten_output import Staging, remove_stale, staging_dir
 from stores.flatten_sources import chunks, expand
@@ -67,14 +68,31 @@ class Plan:
         return cls(**orjson.loads(path.read_bytes()))
 
     def options(self, threads: bool) -> Options:
-        return Options(self.dataset, self.run, self.sep, self.scalar_lists,  # type: ignore[arg-type]
-                       tuple(PartitionBy.parse(p) for p in self.partition_by), threads)  # fmt: skip
+        return Options(
+            self.dataset,
+            self.run,
+            self.sep,
+            self.scalar_lists,  # type: ignore[arg-type]
+            tuple(PartitionBy.parse(p) for p in self.partition_by),
+            threads,
+        )
 
 
-def plan(sources: list[str], *, dataset: str, out: Path, registry_dir: Path, policy_file: Path | None = None,
-         policy_overrides: dict[str, str] | None = None, batch_bytes: int = 32 << 20, sep: str = ".",
-         scalar_lists: str = "table", partition_by: Iterable[str] = (), json_column: str | None = None,
-         workers: int = 1) -> Plan:  # fmt: skip
+def plan(
+    sources: list[str],
+    *,
+    dataset: str,
+    out: Path,
+    registry_dir: Path,
+    policy_file: Path | None = None,
+    policy_overrides: dict[str, str] | None = None,
+    batch_bytes: int = 32 << 20,
+    sep: str = ".",
+    scalar_lists: str = "table",
+    partition_by: Iterable[str] = (),
+    json_column: str | None = None,
+    workers: int = 1,
+) -> Plan:
     """Allocate a run and write its plan (raises EnrichError subclasses on bad options)."""
     policies = load_policies(policy_file, policy_overrides)
     for spec in partition_by:
@@ -88,14 +106,23 @@ def plan(sources: list[str], *, dataset: str, out: Path, registry_dir: Path, pol
     registry.save_run(record)
     remove_stale(out, dataset, keep=record.run)
     p = Plan(
-        dataset=dataset, run=record.run, out=str(out), registry=str(registry_dir),
+        dataset=dataset,
+        run=record.run,
+        out=str(out),
+        registry=str(registry_dir),
         units=[{"unit": record.unit_base + i, "path": f.path, "size": f.size} for i, f in enumerate(files)],
         missing=[{"file": m.source, "line": None, "reason": "missing", "detail": m.reason} for m in missing],
-        policies=dict(policies.modes), schema=latest.schema if latest else None,
-        version_before=latest.version if latest else None, batch_bytes=batch_bytes, sep=sep,
-        scalar_lists=scalar_lists, partition_by=list(partition_by), json_column=json_column,
-        workers=max(1, workers), started_at_ms=int(time.time() * 1000),
-    )  # fmt: skip
+        policies={str(k): str(v) for k, v in policies.modes.items()},
+        schema=latest.schema if latest else None,
+        version_before=latest.version if latest else None,
+        batch_bytes=batch_bytes,
+        sep=sep,
+        scalar_lists=scalar_lists,
+        partition_by=list(partition_by),
+        json_column=json_column,
+        workers=max(1, workers),
+        started_at_ms=int(time.time() * 1000),
+    )
     p.save()
     return p
 
@@ -115,8 +142,13 @@ def flattener(p: Plan, threads: bool) -> Flattener:
     return Flattener(schema, parse_policies(p.policies), p.options(threads), first_run=p.schema is None)
 
 
-def work(p: Plan, units: list[dict[str, Any]], *, threads: bool = True,
-         on_result: Callable[[ChunkResult], None] | None = None) -> None:  # fmt: skip
+def work(
+    p: Plan,
+    units: list[dict[str, Any]],
+    *,
+    threads: bool = True,
+    on_result: Callable[[ChunkResult], None] | None = None,
+) -> None:
     """Flatten ``units`` in this process and stage their results."""
     engine = flattener(p, threads)
     staging = Staging(Path(p.out), p.dataset, p.run)
@@ -129,12 +161,23 @@ def work(p: Plan, units: list[dict[str, Any]], *, threads: bool = True,
 
 
 def _events(doc: dict[str, Any]) -> list[DriftEvent]:
-    return [DriftEvent(e["path"], e["change"], e["old_type"], e["new_type"], e["origin"], e["policy"],
-                       e.get("example"), e.get("first_seen")) for e in doc.get("events", [])]  # fmt: skip
+    return [
+        DriftEvent(
+            e["path"],
+            e["change"],
+            e["old_type"],
+            e["new_type"],
+            e["origin"],
+            e["policy"],
+            e.get("example"),
+            e.get("first_seen"),
+        )
+        for e in doc.get("events", [])
+    ]
 
 
 def finish(p: Plan) -> dict[str, Any]:
-    """Settle the run: findings, run record, publish tables, publish the schema version. Returns the report."""
+    """Settle the run (findings, run record, tables, schema version) and return the report."""
     registry = FileSchemaRegistry(Path(p.registry))
     staging = Staging(Path(p.out), p.dataset, p.run)
     docs = list(staging.results())
@@ -164,17 +207,31 @@ def finish(p: Plan) -> dict[str, Any]:
     version_doc = None
     if outcome.changed:
         after = (before or 0) + 1
-        version_doc = SchemaVersion(p.dataset, after, outcome.schema.to_doc(), run=p.run,
-                                    changes=[f.to_doc() for f in outcome.findings]).to_doc()  # fmt: skip
+        version_doc = SchemaVersion(
+            p.dataset,
+            after,
+            outcome.schema.to_doc(),
+            run=p.run,
+            changes=[f.to_doc() for f in outcome.findings],
+        ).to_doc()
     tables.setdefault(p.dataset, 0)
     report = {
-        "dataset": p.dataset, "run": p.run, "schema_version_before": before, "schema_version_after": after,
-        "tables": dict(sorted(tables.items())), "records": records, "quarantined": quarantined,
-        "rejected_input": len(errors), "errors": sorted(errors, key=lambda e: (file_order.get(e["file"], -1),
-                                                                               e.get("line") or 0)),
-        "dropped_values": dropped, "drift": [f.to_doc() for f in outcome.findings],
-        "files": len(p.units), "out": p.out, "registry": p.registry, "started_at_ms": p.started_at_ms,
-    }  # fmt: skip
+        "dataset": p.dataset,
+        "run": p.run,
+        "schema_version_before": before,
+        "schema_version_after": after,
+        "tables": dict(sorted(tables.items())),
+        "records": records,
+        "quarantined": quarantined,
+        "rejected_input": len(errors),
+        "errors": sorted(errors, key=lambda e: (file_order.get(e["file"], -1), e.get("line") or 0)),
+        "dropped_values": dropped,
+        "drift": [f.to_doc() for f in outcome.findings],
+        "files": len(p.units),
+        "out": p.out,
+        "registry": p.registry,
+        "started_at_ms": p.started_at_ms,
+    }
     record = _record(registry, p)
     record.schema_version_before, record.schema_version_after = before, after
     record.report, record.version_doc, record.status = report, version_doc, "publishing"
@@ -187,7 +244,7 @@ def _record(registry: SchemaRegistry, p: Plan) -> RunRecord:
     for r in registry.runs(p.dataset):
         if r.run == p.run:
             return r
-    raise RegistryConflict(f"{p.dataset}: run {p.run} is not in the registry")
+    raise RegistryConflictError(f"{p.dataset}: run {p.run} is not in the registry")
 
 
 def settle(registry: SchemaRegistry, record: RunRecord, staging: Staging) -> None:
@@ -197,7 +254,7 @@ def settle(registry: SchemaRegistry, record: RunRecord, staging: Staging) -> Non
         version = SchemaVersion.from_doc(record.version_doc)
         try:
             registry.publish(version)
-        except RegistryConflict:
+        except RegistryConflictError:
             if registry.get(version.dataset, version.version).run != record.run:
                 raise
     record.status, record.finished_at = "published", now_iso()
@@ -219,7 +276,9 @@ def recover(registry: FileSchemaRegistry, dataset: str, out: Path) -> list[int]:
     return fixed
 
 
-def previous_open_alert(registry_dir: Path, dataset: str, run: int) -> tuple[RunRecord | None, dict[str, Any] | None]:
+def previous_open_alert(
+    registry_dir: Path, dataset: str, run: int
+) -> tuple[RunRecord | None, dict[str, Any] | None]:
     """The latest earlier run whose drift alert is still firing, with that alert event."""
     registry = FileSchemaRegistry(registry_dir)
     for r in reversed(registry.runs(dataset)):

@@ -29,7 +29,9 @@ def _iso(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def trip_report(rng: random.Random, n: int, *, drift: bool = False, start_ms: int = BASE_MS) -> dict[str, Any]:
+def trip_report(
+    rng: random.Random, n: int, *, drift: bool = False, start_ms: int = BASE_MS
+) -> dict[str, Any]:
     """Report number ``n``: deterministic given the generator's state."""
     car_id = 1000 + rng.randrange(500)
     started = start_ms + n * 37_000 + rng.randrange(30_000)
@@ -63,19 +65,24 @@ def trip_report(rng: random.Random, n: int, *, drift: bool = False, start_ms: in
         segments.append(segment)
     distance = round(rng.uniform(0.5, 40.0), 2)
     events = [
-        {"kind": rng.choice(EVENT_KINDS), "at_ms": started + rng.randrange(600_000),
-         "detail": {"g": round(rng.uniform(0.2, 0.9), 2), "speed_kmh": round(rng.uniform(10, 120), 1)}}
+        {
+            "kind": rng.choice(EVENT_KINDS),
+            "at_ms": started + rng.randrange(600_000),
+            "detail": {"g": round(rng.uniform(0.2, 0.9), 2), "speed_kmh": round(rng.uniform(10, 120), 1)},
+        }
         for _ in range(rng.choice((0, 0, 1, 2)))
-    ]  # fmt: skip
+    ]
     driver = None if rng.random() < 0.2 else {"customer_id": rng.randrange(1, 90_000), "rating": None}
     return {
         "report_id": f"trip-{n:09d}",
         "exported_at": _iso(t + 1000),
         "device": {
             "device_id": f"dev-{car_id:06d}",
-            "firmware": {"version": f"4.{rng.randint(0, 3)}.{rng.randint(0, 9)}",
-                         "build": {"number": rng.randrange(1000, 2000), "channel": "stable"}},
-        },  # fmt: skip
+            "firmware": {
+                "version": f"4.{rng.randint(0, 3)}.{rng.randint(0, 9)}",
+                "build": {"number": rng.randrange(1000, 2000), "channel": "stable"},
+            },
+        },
         "car": {"car_id": car_id, "model": rng.choice(MODELS), "fleet": rng.choice(FLEETS)},
         "trip": {
             "started_at": _iso(started),
@@ -83,8 +90,11 @@ def trip_report(rng: random.Random, n: int, *, drift: bool = False, start_ms: in
             "duration_s": (t - started) // 1000,
             "route": {
                 "distance_km": f"{distance}" if drift else distance,
-                "origin": {"lat": round(rng.uniform(37.4, 37.7), 5), "lon": round(rng.uniform(126.8, 127.2), 5),
-                           "zone": {"id": f"z-{rng.randrange(40)}", "name": "Gangnam"}},  # fmt: skip
+                "origin": {
+                    "lat": round(rng.uniform(37.4, 37.7), 5),
+                    "lon": round(rng.uniform(126.8, 127.2), 5),
+                    "zone": {"id": f"z-{rng.randrange(40)}", "name": "Gangnam"},
+                },
                 "segments": segments,
             },
             "events": events,
@@ -97,7 +107,9 @@ def trip_report(rng: random.Random, n: int, *, drift: bool = False, start_ms: in
     }
 
 
-def trip_reports(count: int, *, seed: int = 7, drift: bool = False, first: int = 0) -> Iterator[dict[str, Any]]:
+def trip_reports(
+    count: int, *, seed: int = 7, drift: bool = False, first: int = 0
+) -> Iterator[dict[str, Any]]:
     """``count`` reports numbered from ``first``; the same seed gives the same reports."""
     rng = random.Random(seed)
     for n in range(first, first + count):

@@ -37,13 +37,31 @@ def staging_dir(out: Path, dataset: str, run: int) -> Path:
 
 def result_doc(r: ChunkResult) -> dict[str, Any]:
     return {
-        "unit": r.unit, "index": r.index, "file": r.file, "rows": r.rows, "quarantined": r.quarantined,
-        "bad": r.bad, "dropped": r.dropped, "records": r.records, "size": r.size, "last": r.last,
+        "unit": r.unit,
+        "index": r.index,
+        "file": r.file,
+        "rows": r.rows,
+        "quarantined": r.quarantined,
+        "bad": r.bad,
+        "dropped": r.dropped,
+        "records": r.records,
+        "size": r.size,
+        "last": r.last,
         "pieces": [{"tree": p.tree, "stats": {k: list(v) for k, v in p.stats.items()}} for p in r.pieces],
-        "events": [{"path": e.path, "change": e.change, "old_type": e.old_type, "new_type": e.new_type,
-                    "origin": e.origin, "policy": e.policy, "example": e.example, "first_seen": e.first_seen}
-                   for e in r.events],
-    }  # fmt: skip
+        "events": [
+            {
+                "path": e.path,
+                "change": e.change,
+                "old_type": e.old_type,
+                "new_type": e.new_type,
+                "origin": e.origin,
+                "policy": e.policy,
+                "example": e.example,
+                "first_seen": e.first_seen,
+            }
+            for e in r.events
+        ],
+    }
 
 
 class Staging:
@@ -58,7 +76,9 @@ class Staging:
         for table_name, table in r.tables.items():
             for part, rows in by_partition(table):
                 if rows.num_rows:
-                    write_parquet(rows, self.dir / table_name / part / name if part else self.dir / table_name / name)
+                    write_parquet(
+                        rows, self.dir / table_name / part / name if part else self.dir / table_name / name
+                    )
         replace_atomic(self.dir / RESULTS / f"u{r.unit:07d}-c{r.index:05d}.json", result_doc(r))
 
     def results(self) -> Iterator[dict[str, Any]]:

@@ -57,8 +57,13 @@ def expand(sources: list[str]) -> tuple[list[SourceFile], list[Missing]]:
     for src in sources:
         p = Path(src)
         if p.is_dir():
-            files = sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(SUFFIXES)
-                           and not any(part.startswith((".", "_")) for part in f.relative_to(p).parts))  # fmt: skip
+            files = sorted(
+                f
+                for f in p.rglob("*")
+                if f.is_file()
+                and f.name.endswith(SUFFIXES)
+                and not any(part.startswith((".", "_")) for part in f.relative_to(p).parts)
+            )
             if not files:
                 missing.append(Missing(src, "no .jsonl/.json/.gz/.parquet files in the directory"))
             for f in files:
@@ -187,16 +192,31 @@ def _json_array(path: Path, unit: int, batch_bytes: int) -> Iterator[Chunk]:
                 elem_start = scan
                 if sum(map(len, lines)) >= batch_bytes:
                     now = raw.tell()
-                    yield Chunk(unit, name, index, b"".join(lines), lines=np.array(numbers, np.int64),
-                                size=now - pos)  # fmt: skip
+                    yield Chunk(
+                        unit, name, index, b"".join(lines), lines=np.array(numbers, np.int64), size=now - pos
+                    )
                     pos, index, lines, numbers = now, index + 1, [], []
         bad: list[tuple[int, str, str, bytes]] = []
         if not closed:
             tail = buf[elem_start:].strip()
-            bad.append((line_at + buf.count(b"\n", start, elem_start), "truncated",
-                        "the JSON array is not closed", tail[:10_000]))  # fmt: skip
-        yield Chunk(unit, name, index, b"".join(lines), lines=np.array(numbers, np.int64), size=raw.tell() - pos,
-                    bad=bad, last=True)  # fmt: skip
+            bad.append(
+                (
+                    line_at + buf.count(b"\n", start, elem_start),
+                    "truncated",
+                    "the JSON array is not closed",
+                    tail[:10_000],
+                )
+            )
+        yield Chunk(
+            unit,
+            name,
+            index,
+            b"".join(lines),
+            lines=np.array(numbers, np.int64),
+            size=raw.tell() - pos,
+            bad=bad,
+            last=True,
+        )
     except ValueError:  # no "[" at all: not an array after all
         raw.close()
         yield from _json_lines(path, unit, batch_bytes)
@@ -204,7 +224,9 @@ def _json_array(path: Path, unit: int, batch_bytes: int) -> Iterator[Chunk]:
         raw.close()
 
 
-def _element(buf: bytes, lo: int, hi: int, start: int, line_at: int, lines: list[bytes], numbers: list[int]) -> None:
+def _element(
+    buf: bytes, lo: int, hi: int, start: int, line_at: int, lines: list[bytes], numbers: list[int]
+) -> None:
     text = buf[lo:hi]
     stripped = text.strip()
     if not stripped:

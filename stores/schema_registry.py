@@ -4,7 +4,7 @@ Layout under the registry root::
 
     <dataset>/versions/v000001.json   immutable; created with link(2) from a fsynced temporary file, so a
                                       crash leaves either no file or the whole file, and an existing
-                                      version is never overwritten (the link fails: RegistryConflict)
+                                      version is never overwritten (the link fails: RegistryConflictError)
     <dataset>/runs/r000001.json       the run ledger: created the same way (a run number is taken once),
                                       then updated by rename(2) of a fsynced temporary file
 
@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from enrich.flatten.registry import RegistryConflict, RegistryError, RunRecord, SchemaVersion
+from enrich.flatten.registry import RegistryConflictError, RegistryError, RunRecord, SchemaVersion
 
 _VERSION = re.compile(r"^v(\d{6,})\.json$")
 _RUN = re.compile(r"^r(\d{6,})\.json$")
@@ -98,12 +98,12 @@ class FileSchemaRegistry:
         have = self.versions(version.dataset)
         expected = (have[-1] + 1) if have else 1
         if version.version < expected:
-            raise RegistryConflict(f"{version.dataset}: version {version.version} exists")
+            raise RegistryConflictError(f"{version.dataset}: version {version.version} exists")
         if version.version != expected:
             raise RegistryError(f"{version.dataset}: version {version.version} is not the next ({expected})")
         path = self._dir(version.dataset, "versions") / f"v{version.version:06d}.json"
         if not create_exclusive(path, version.to_doc()):
-            raise RegistryConflict(f"{version.dataset}: version {version.version} exists")
+            raise RegistryConflictError(f"{version.dataset}: version {version.version} exists")
 
     def runs(self, dataset: str) -> list[RunRecord]:
         folder = self._dir(dataset, "runs")
@@ -120,11 +120,12 @@ class FileSchemaRegistry:
         for _ in range(100):
             runs = self.runs(dataset)
             last = runs[-1] if runs else None
-            record = RunRecord(dataset, (last.run + 1) if last else 1,
-                               (last.unit_base + last.units) if last else 1, units)  # fmt: skip
+            record = RunRecord(
+                dataset, (last.run + 1) if last else 1, (last.unit_base + last.units) if last else 1, units
+            )
             if create_exclusive(folder / f"r{record.run:06d}.json", record.to_doc()):
                 return record
-        raise RegistryConflict(f"{dataset}: could not allocate a run (too much contention)")
+        raise RegistryConflictError(f"{dataset}: could not allocate a run (too much contention)")
 
     def save_run(self, record: RunRecord) -> None:
         replace_atomic(self._dir(record.dataset, "runs") / f"r{record.run:06d}.json", record.to_doc())

@@ -40,8 +40,15 @@ class Finding:
     policy: str
 
     def to_doc(self) -> dict[str, Any]:
-        return {"path": self.path, "change": self.change, "old_type": self.old_type, "new_type": self.new_type,
-                "example": self.example, "first_seen": self.first_seen, "policy": self.policy}  # fmt: skip
+        return {
+            "path": self.path,
+            "change": self.change,
+            "old_type": self.old_type,
+            "new_type": self.new_type,
+            "example": self.example,
+            "first_seen": self.first_seen,
+            "policy": self.policy,
+        }
 
 
 @dataclass(slots=True)
@@ -67,8 +74,13 @@ def _sort_key(first_seen: dict[str, Any] | None, order: dict[str, int]) -> tuple
     return (order.get(first_seen.get("file", ""), 1 << 61), int(first_seen.get("line", 0)))
 
 
-def finish(registry: Node | None, pieces: Iterable[PieceRecord], worker_events: Iterable[DriftEvent],
-           policies: Policies, file_order: dict[str, int]) -> Outcome:  # fmt: skip
+def finish(
+    registry: Node | None,
+    pieces: Iterable[PieceRecord],
+    worker_events: Iterable[DriftEvent],
+    policies: Policies,
+    file_order: dict[str, int],
+) -> Outcome:
     """Replay the run's pieces against ``registry`` (None: the dataset's first run)."""
     first_run = registry is None
     schema = copy.deepcopy(registry) if registry is not None else Node("struct", fields={})
@@ -96,8 +108,15 @@ def finish(registry: Node | None, pieces: Iterable[PieceRecord], worker_events: 
         if e.change not in ("incompatible", "shape") and (e.origin == "run" or first_run):
             continue  # a type first seen in this run settling down: reported as `added` below
         src = examples.get((e.path, e.new_type)) or examples.get((e.path, None))
-        f = Finding(e.path, e.change, e.old_type, e.new_type, src.example if src else None,
-                    src.first_seen if src else None, e.policy)  # fmt: skip
+        f = Finding(
+            e.path,
+            e.change,
+            e.old_type,
+            e.new_type,
+            src.example if src else None,
+            src.first_seen if src else None,
+            e.policy,
+        )
         findings.setdefault((e.path, e.change), f)
     if not first_run:
         assert registry is not None
@@ -108,23 +127,36 @@ def finish(registry: Node | None, pieces: Iterable[PieceRecord], worker_events: 
             if _under_variant_or_new(path, known, final):
                 continue
             src = examples.get((path, None))
-            findings[(path, "added")] = Finding(path, "added", None, node.type_name(),
-                                                src.example if src else None, src.first_seen if src else None,
-                                                policies["added"])  # fmt: skip
+            findings[(path, "added")] = Finding(
+                path,
+                "added",
+                None,
+                node.type_name(),
+                src.example if src else None,
+                src.first_seen if src else None,
+                policies["added"],
+            )
         for e in events:  # added under a non-evolve policy: not in the schema, still a finding
-            if e.change == "added" and (e.path, "added") not in findings and e.origin == "run":
-                if not _under_variant_or_new(e.path, known, final):
-                    src = examples.get((e.path, None))
-                    findings[(e.path, "added")] = Finding(e.path, "added", None, e.new_type,
-                                                          src.example if src else None,
-                                                          src.first_seen if src else None, e.policy)  # fmt: skip
+            new = e.change == "added" and (e.path, "added") not in findings and e.origin == "run"
+            if new and not _under_variant_or_new(e.path, known, final):
+                src = examples.get((e.path, None))
+                findings[(e.path, "added")] = Finding(
+                    e.path,
+                    "added",
+                    None,
+                    e.new_type,
+                    src.example if src else None,
+                    src.first_seen if src else None,
+                    e.policy,
+                )
         _removed(schema, known, totals, records, policies, findings)
         gone = [p for (p, c) in findings if c == "removed"]
         for key in [k for k in findings if k[1] == "nullability"]:
             if any(key[0] == g or key[0].startswith((g + ".", g + "[]")) for g in gone):
                 del findings[key]  # a field that no longer comes is not "now nullable"
-    ordered = sorted(findings.values(), key=lambda f: (_sort_key(f.first_seen, file_order), f.path,
-                                                       ORDER[f.change]))  # fmt: skip
+    ordered = sorted(
+        findings.values(), key=lambda f: (_sort_key(f.first_seen, file_order), f.path, ORDER[f.change])
+    )
     changed = first_run or registry is None or schema.to_doc() != registry.to_doc()
     return Outcome(schema, ordered, changed, totals)
 
@@ -139,8 +171,14 @@ def _under_variant_or_new(path: str, known: dict[str, Node], final: dict[str, No
     return False
 
 
-def _removed(schema: Node, known: dict[str, Node], totals: dict[str, tuple[int, int]], records: int,
-             policies: Policies, findings: dict[tuple[str, str], Finding]) -> None:  # fmt: skip
+def _removed(
+    schema: Node,
+    known: dict[str, Node],
+    totals: dict[str, tuple[int, int]],
+    records: int,
+    policies: Policies,
+    findings: dict[tuple[str, str], Finding],
+) -> None:
     mode = policies["removed"]
     for path, node in known.items():
         if node.type == "null" or totals.get(path, (0, 0))[0] > 0:

@@ -23,7 +23,7 @@ from typing import Any, get_args
 import yaml
 
 from enrich.errors import EnrichError
-from enrich.flatten.schema import DriftClass, PolicyMode, Policies
+from enrich.flatten.schema import DriftClass, Policies, PolicyMode
 
 DEFAULTS: dict[DriftClass, PolicyMode] = {
     "added": "evolve",
@@ -56,7 +56,9 @@ def parse_policies(doc: Any) -> Policies:
     modes = dict(DEFAULTS)
     for key, value in doc.items():
         if key not in ALLOWED:
-            raise PolicyError(f"unknown drift class {key!r} (one of {', '.join(ALLOWED)})", field_path=str(key))
+            raise PolicyError(
+                f"unknown drift class {key!r} (one of {', '.join(ALLOWED)})", field_path=str(key)
+            )
         if value not in get_args(PolicyMode) or value not in ALLOWED[key]:
             raise PolicyError(
                 f"{key}: mode {value!r} is not one of {', '.join(ALLOWED[key])}", field_path=str(key)

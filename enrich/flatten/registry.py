@@ -3,11 +3,12 @@
 Invariants every implementation keeps:
 
 * Versions are numbered 1, 2, … per dataset, immutable once published, and never half-written; publishing
-  version N fails with :class:`RegistryConflict` if N exists (two runs raced: the later one loses).
+  version N fails with :class:`RegistryConflictError` if N exists (two runs raced: the later one loses).
 * Runs are numbered 1, 2, … per dataset. A run owns the unit numbers ``[unit_base, unit_base + units)``
   (one per source file) and nobody else ever gets them: row ids built from them never repeat.
 * A run record moves planned → publishing (outcome computed and saved) → published (tables and schema
-  version in place) → done (alert settled), or to failed; a crash while publishing is rolled forward. The previous run's open drift alert lives in its record until a later run resolves it.
+  version in place) → done (alert settled), or to failed; a crash while publishing is rolled forward.
+  The previous run's open drift alert lives in its record until a later run resolves it.
 
 :class:`stores.schema_registry.FileSchemaRegistry` keeps them as JSON files; :class:`InMemoryRegistry` is
 its twin for tests.
@@ -29,7 +30,7 @@ class RegistryError(EnrichError):
     reason = "registry_error"
 
 
-class RegistryConflict(RegistryError):
+class RegistryConflictError(RegistryError):
     reason = "registry_conflict"
 
 
@@ -51,8 +52,14 @@ class SchemaVersion:
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> SchemaVersion:
-        return cls(doc["dataset"], int(doc["version"]), doc["schema"], doc.get("created_at", ""),
-                   doc.get("run"), list(doc.get("changes", [])))  # fmt: skip
+        return cls(
+            doc["dataset"],
+            int(doc["version"]),
+            doc["schema"],
+            doc.get("created_at", ""),
+            doc.get("run"),
+            list(doc.get("changes", [])),
+        )
 
 
 @dataclass(slots=True)
@@ -75,7 +82,7 @@ class RunRecord:
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> RunRecord:
-        fields = {k: doc.get(k) for k in cls.__dataclass_fields__ if k in doc}
+        fields: dict[str, Any] = {k: doc[k] for k in cls.__dataclass_fields__ if k in doc}
         return cls(**fields)
 
 
@@ -87,7 +94,7 @@ class SchemaRegistry(Protocol):
     def versions(self, dataset: str) -> list[int]: ...
 
     def publish(self, version: SchemaVersion) -> None:
-        """Store a new version (its number must be the next one); RegistryConflict if it exists."""
+        """Store a new version (its number must be the next one); RegistryConflictError if it exists."""
         ...
 
     def begin_run(self, dataset: str, units: int) -> RunRecord:
@@ -122,7 +129,7 @@ class InMemoryRegistry:
     def publish(self, version: SchemaVersion) -> None:
         have = self._versions.setdefault(version.dataset, {})
         if version.version in have:
-            raise RegistryConflict(f"{version.dataset}: version {version.version} exists")
+            raise RegistryConflictError(f"{version.dataset}: version {version.version} exists")
         if version.version != (max(have) + 1 if have else 1):
             raise RegistryError(f"{version.dataset}: version {version.version} is not the next one")
         have[version.version] = copy.deepcopy(version)
@@ -130,8 +137,9 @@ class InMemoryRegistry:
     def begin_run(self, dataset: str, units: int) -> RunRecord:
         runs = self._runs.setdefault(dataset, {})
         last = runs[max(runs)] if runs else None
-        record = RunRecord(dataset, (last.run + 1) if last else 1, (last.unit_base + last.units) if last else 1,
-                           units)  # fmt: skip
+        record = RunRecord(
+            dataset, (last.run + 1) if last else 1, (last.unit_base + last.units) if last else 1, units
+        )
         runs[record.run] = copy.deepcopy(record)
         return record
 

@@ -49,7 +49,7 @@ class Node:
         return "scalar"
 
     def type_name(self) -> str:
-        """The Arrow-style name of this type: ``int64``, ``struct``, ``list<struct>``, ``list<list<double>>``."""
+        """The Arrow-style name: ``int64``, ``struct``, ``list<struct>``, ``list<list<double>>``."""
         if self.type == "list":
             return f"list<{self.item.type_name() if self.item else 'null'}>"
         return self.type
@@ -178,8 +178,9 @@ def _row_action(mode: PolicyMode, change: DriftClass, path: str, tag: str) -> Ac
     return None
 
 
-def reconcile(schema: Node, batch: Node, stats: dict[str, tuple[int, int]], policies: Policies,
-              *, first_run: bool) -> Reconciled:  # fmt: skip
+def reconcile(
+    schema: Node, batch: Node, stats: dict[str, tuple[int, int]], policies: Policies, *, first_run: bool
+) -> Reconciled:
     """Meet one batch's type tree with the run ``schema`` (mutated in place where changes evolve).
 
     ``stats`` gives per path (non-null count, nulls where the parent was present) for this batch.
@@ -189,8 +190,11 @@ def reconcile(schema: Node, batch: Node, stats: dict[str, tuple[int, int]], poli
 
     def event(path: str, change: DriftClass, old: Node | None, new: Node | None, mode: PolicyMode) -> None:
         origin: Origin = old.origin if old is not None else "run"
-        events.append(DriftEvent(path, change, old.type_name() if old else None,
-                                 new.type_name() if new else None, origin, mode))  # fmt: skip
+        events.append(
+            DriftEvent(
+                path, change, old.type_name() if old else None, new.type_name() if new else None, origin, mode
+            )
+        )
 
     def adopt(new: Node) -> Node:
         out = copy.deepcopy(new)
@@ -208,7 +212,7 @@ def reconcile(schema: Node, batch: Node, stats: dict[str, tuple[int, int]], poli
                 assert parent.fields is not None
                 parent.fields[key] = new
 
-        nonnull, nulls = stats.get(path, (0, 0))
+        nulls = stats.get(path, (0, 0))[1]
         if s is None:
             if first_run:
                 replace(adopt(b))
@@ -248,17 +252,17 @@ def reconcile(schema: Node, batch: Node, stats: dict[str, tuple[int, int]], poli
             assert b.item is not None
             before, seen = len(actions), len(events)
             meet(s, None, s.item, b.item, item_path(path))
-            sub = actions.get(item_path(path))
-            if sub is not None and sub.kind in ("variant", "drop") and len(actions) > before:
+            item_act = actions.get(item_path(path))
+            if item_act is not None and item_act.kind in ("variant", "drop") and len(actions) > before:
                 # items that changed type: the whole list goes to one variant column (or is dropped)
                 del actions[item_path(path)]
-                if sub.kind == "drop":
-                    actions[path] = sub
+                if item_act.kind == "drop":
+                    actions[path] = item_act
                     return
                 assert s.item is not None
-                if sub.tag in s.item.variants:
-                    s.item.variants.remove(sub.tag)
-                actions[path] = Action("variant", tag=variant_tag(b), reason=sub.reason)
+                if item_act.tag in s.item.variants:
+                    s.item.variants.remove(item_act.tag)
+                actions[path] = Action("variant", tag=variant_tag(b), reason=item_act.reason)
                 if variant_tag(b) in s.variants:
                     del events[seen:]  # this list variant is known: not new drift
                 else:

@@ -20,7 +20,9 @@ def run_job(sources: list[Path | str], out: Path, *, dataset: str = "golden", **
 def read_tables(out: Path, *, drop: tuple[str, ...] = ("_file",)) -> dict[str, list[dict[str, Any]]]:
     """Every published table as rows sorted by ``_id`` (``_quarantine`` by file and line)."""
     tables: dict[str, list[dict[str, Any]]] = {}
-    for folder in sorted(p for p in out.iterdir() if p.is_dir() and not p.name.startswith("_") or p.name == "_quarantine"):
+    for folder in sorted(
+        p for p in out.iterdir() if (p.is_dir() and not p.name.startswith("_")) or p.name == "_quarantine"
+    ):
         files = sorted(folder.rglob("*.parquet"))
         if not files:
             continue

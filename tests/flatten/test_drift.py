@@ -36,7 +36,10 @@ def test_second_batch_yields_exactly_the_three_findings_and_keeps_every_row(
 ) -> None:
     out = tmp_path / "out"
     first = run_job([batches[0]], out, dataset="trips", batch_bytes=64 << 10)
-    assert first["drift"] == [] and (first["schema_version_before"], first["schema_version_after"]) == (None, 1)
+    assert first["drift"] == [] and (first["schema_version_before"], first["schema_version_after"]) == (
+        None,
+        1,
+    )
     second = run_job([batches[1]], out, dataset="trips", batch_bytes=64 << 10)
     assert {(f["path"], f["change"], f["old_type"], f["new_type"]) for f in second["drift"]} == EXPECTED
     assert len(second["drift"]) == 3
@@ -61,7 +64,9 @@ def test_second_batch_yields_exactly_the_three_findings_and_keeps_every_row(
         assert row["trip.route.distance_km"] == doc["trip"]["route"]["distance_km"]
         assert row.get("trip.route.distance_km__v_string") is None
     surfaces = [s["surface"] for d in original for s in d["trip"]["route"]["segments"]]
-    assert sorted(r["surface"] for r in tables["trips__trip__route__segments"] if r.get("surface")) == sorted(surfaces)
+    assert sorted(r["surface"] for r in tables["trips__trip__route__segments"] if r.get("surface")) == sorted(
+        surfaces
+    )
 
     registry = FileSchemaRegistry(out / "_registry")
     assert registry.versions("trips") == [1, 2]
@@ -100,7 +105,9 @@ def test_quarantine_policy_puts_the_changed_rows_aside_with_path_reason_file_and
 
 def test_mixed_types_inside_one_batch_are_drift_not_a_crash(tmp_path: Path) -> None:
     src = tmp_path / "mixed.jsonl"
-    src.write_text('{"a": {"v": 1}}\n{"a": {"v": 2}}\n{"a": {"v": "three"}}\n{"a": {"v": 4}}\n{"a": {"v": [5]}}\n')
+    src.write_text(
+        '{"a": {"v": 1}}\n{"a": {"v": 2}}\n{"a": {"v": "three"}}\n{"a": {"v": 4}}\n{"a": {"v": [5]}}\n'
+    )
     report = run_job([src], tmp_path / "out", dataset="mixed")
     assert {(f["path"], f["change"], f["old_type"], f["new_type"]) for f in report["drift"]} == {
         ("a.v", "incompatible", "int64", "string"),

@@ -19,8 +19,10 @@ CASES = sorted(p.name for p in GOLDEN.iterdir() if (p / "input.jsonl").exists())
 def test_golden_case(case: str, tmp_path: Path) -> None:
     folder = GOLDEN / case
     report = run_job([folder / "input.jsonl"], tmp_path / "out", dataset=case)
-    got = {"report": {k: report[k] for k in ("tables", "quarantined", "drift", "errors")},
-           "tables": read_tables(tmp_path / "out")}  # fmt: skip
+    got = {
+        "report": {k: report[k] for k in ("tables", "quarantined", "drift", "errors")},
+        "tables": read_tables(tmp_path / "out"),
+    }
     got["report"]["errors"] = [{k: v for k, v in e.items() if k != "file"} for e in got["report"]["errors"]]
     expected_file = folder / "expected.json"
     if os.environ.get("GOLDEN_UPDATE") == "1":

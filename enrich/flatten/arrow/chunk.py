@@ -130,10 +130,13 @@ class Flattener:
         for piece in parsed.pieces:
             records += piece.table.num_rows
             stats = path_stats(piece.table)
-            tree = node_of(piece.table.schema.to_struct() if hasattr(piece.table.schema, "to_struct")
-                           else pa.struct(list(piece.table.schema)))  # fmt: skip
-            for p, n in paths(tree).items():
-                n.nullable = stats.get(p, (0, 0))[1] > 0
+            tree = node_of(
+                piece.table.schema.to_struct()
+                if hasattr(piece.table.schema, "to_struct")
+                else pa.struct(list(piece.table.schema))
+            )
+            for p, node in paths(tree).items():
+                node.nullable = stats.get(p, (0, 0))[1] > 0
             pieces.append(PieceTypes(tree.to_doc(), stats))
             rec = reconcile(self.schema, tree, stats, self.policies, first_run=self.first_run)
             probes: dict[str, Literal["value", "null"]] = {
@@ -141,24 +144,32 @@ class Flattener:
             }
             lines = self._lines(chunk, piece.rows)
             root_ids = ids.base + lines
-            walked = walk(piece.table, root=self.options.dataset, root_ids=root_ids, ids=ids,
-                          actions=rec.actions, probes=probes, sep=self.options.sep,
-                          scalar_lists=self.options.scalar_lists)  # fmt: skip
+            walked = walk(
+                piece.table,
+                root=self.options.dataset,
+                root_ids=root_ids,
+                ids=ids,
+                actions=rec.actions,
+                probes=probes,
+                sep=self.options.sep,
+                scalar_lists=self.options.scalar_lists,
+            )
             for e in rec.events:
                 found = walked.probes.get(e.path)
                 if found is not None:
                     e.example = _jsonable(found.example)
                     e.first_seen = {"file": chunk.file, "line": int(lines[found.root_row])}
             events.extend(rec.events)
-            for p, n in walked.dropped.items():
-                dropped[p] = dropped.get(p, 0) + n
+            for p, count in walked.dropped.items():
+                dropped[p] = dropped.get(p, 0) + count
             root = walked.tables[self.options.dataset]
             n = piece.table.num_rows
             meta = {
                 "_id": pa.array(root_ids),
                 "_run": pa.array(np.full(n, self.options.run, dtype=np.int64)),
-                "_file": pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)),
-                                                        pa.array([chunk.file])),  # fmt: skip
+                "_file": pa.DictionaryArray.from_arrays(
+                    pa.array(np.zeros(n, dtype=np.int32)), pa.array([chunk.file])
+                ),
                 "_line": pa.array(lines),
             }
             root.columns = {**meta, **root.columns}
@@ -179,14 +190,35 @@ class Flattener:
         qtable = self._quarantine(chunk, parsed, quarantine_rows)
         if qtable.num_rows:
             tables[QUARANTINE] = qtable
-        bad = [{"file": chunk.file, "line": int(self._lines(chunk, np.array([b.row]))[0]), "reason": b.reason,
-                "detail": b.detail} for b in parsed.bad]  # fmt: skip
-        bad += [{"file": chunk.file, "line": line, "reason": reason, "detail": detail}
-                for line, reason, detail, _raw in chunk.bad]  # fmt: skip
-        bad.sort(key=lambda b: b["line"])
-        return ChunkResult(chunk.unit, chunk.index, chunk.file, tables, pieces, events,
-                           {k: t.num_rows for k, t in tables.items()}, len(quarantine_rows), bad, dropped,
-                           records, chunk.size, chunk.last)  # fmt: skip
+        bad: list[dict[str, Any]] = [
+            {
+                "file": chunk.file,
+                "line": int(self._lines(chunk, np.array([b.row]))[0]),
+                "reason": b.reason,
+                "detail": b.detail,
+            }
+            for b in parsed.bad
+        ]
+        bad += [
+            {"file": chunk.file, "line": line, "reason": reason, "detail": detail}
+            for line, reason, detail, _raw in chunk.bad
+        ]
+        bad.sort(key=lambda b: int(b["line"]))
+        return ChunkResult(
+            chunk.unit,
+            chunk.index,
+            chunk.file,
+            tables,
+            pieces,
+            events,
+            {k: t.num_rows for k, t in tables.items()},
+            len(quarantine_rows),
+            bad,
+            dropped,
+            records,
+            chunk.size,
+            chunk.last,
+        )
 
     # -- helpers ----------------------------------------------------------------------------------------
     def _lines(self, chunk: Chunk, rows: np.ndarray) -> np.ndarray:
@@ -229,16 +261,18 @@ class Flattener:
             raws.append(raw_bytes)
         texts = [_text(r) for r in raws]
         return pa.table(
-            [pa.array([self.options.run] * len(records), pa.int64()),
-             pa.array([chunk.file] * len(records), pa.string()),
-             pa.array(lines, pa.int64()),
-             pa.array([r[1] for r in records], pa.string()),
-             pa.array([r[2] for r in records], pa.string()),
-             pa.array([r[3] for r in records], pa.string()),
-             pa.array(texts, pa.string()),
-             pa.array(raws, pa.binary())],
+            [
+                pa.array([self.options.run] * len(records), pa.int64()),
+                pa.array([chunk.file] * len(records), pa.string()),
+                pa.array(lines, pa.int64()),
+                pa.array([r[1] for r in records], pa.string()),
+                pa.array([r[2] for r in records], pa.string()),
+                pa.array([r[3] for r in records], pa.string()),
+                pa.array(texts, pa.string()),
+                pa.array(raws, pa.binary()),
+            ],
             schema=QUARANTINE_SCHEMA,
-        )  # fmt: skip
+        )
 
 
 def _text(raw: bytes) -> str | None:
@@ -272,7 +306,9 @@ def _partition_values(values: pa.Array | None, spec: PartitionBy, n: int) -> pa.
 def _assemble(ft: FlatTable, keep: np.ndarray | None, parts: pa.Array | None) -> pa.Table:
     table = pa.table(ft.columns)
     if parts is not None:
-        table = table.append_column(PARTITION_COLUMN, parts if ft.root_rows is None else parts.take(ft.root_rows))
+        table = table.append_column(
+            PARTITION_COLUMN, parts if ft.root_rows is None else parts.take(ft.root_rows)
+        )
     if keep is not None:
         mask = keep if ft.root_rows is None else keep[ft.root_rows]
         table = table.filter(pa.array(mask))

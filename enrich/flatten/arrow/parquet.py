@@ -52,18 +52,24 @@ def json_column(path: Path, wanted: str | None) -> str:
             return name
     texts = [f.name for f in schema if pa.types.is_binary(f.type) or pa.types.is_string(f.type)]
     if len(texts) == 1:
-        return texts[0]
+        return str(texts[0])
     raise KeyError(f"{path}: which column holds the JSON? (--json-column; has {', '.join(names)})")
 
 
-def parquet_documents(path: Path, column: str, batch_bytes: int) -> Iterator[tuple[bytes, np.ndarray, list[int], int]]:
+def parquet_documents(
+    path: Path, column: str, batch_bytes: int
+) -> Iterator[tuple[bytes, np.ndarray, list[int], int]]:
     """Chunks of documents: (lines joined by ``\\n``, the 1-based row of each line, rows whose value is
     null, bytes of the source read so far)."""
     f = pq.ParquetFile(path)
     meta = f.metadata
     total = max(1, meta.num_rows)
     size = path.stat().st_size
-    avg = max(64, meta.row_group(0).total_byte_size // max(1, meta.row_group(0).num_rows)) if meta.num_row_groups else 1024
+    avg = (
+        max(64, meta.row_group(0).total_byte_size // max(1, meta.row_group(0).num_rows))
+        if meta.num_row_groups
+        else 1024
+    )
     rows_per = max(1, batch_bytes // avg)
     row0 = 0
     for batch in f.iter_batches(batch_size=rows_per, columns=[column]):

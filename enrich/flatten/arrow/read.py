@@ -110,7 +110,9 @@ def explicit_schema(root: Node, holes: set[str]) -> pa.Schema:
 
 def _no_timestamps(t: pa.DataType) -> pa.DataType:
     if pa.types.is_struct(t):
-        return pa.struct([pa.field(t.field(i).name, _no_timestamps(t.field(i).type)) for i in range(t.num_fields)])
+        return pa.struct(
+            [pa.field(t.field(i).name, _no_timestamps(t.field(i).type)) for i in range(t.num_fields)]
+        )
     if pa.types.is_list(t):
         return pa.list_(_no_timestamps(t.value_type))
     if pa.types.is_temporal(t):
@@ -191,7 +193,6 @@ class ChunkReader:
             out.bad.extend(BadLine(r, "invalid_utf8", "not valid UTF-8") for r in sorted(skip))
         _Span(self, data, schema, out).run(0, len(data), skip)
         return out
-
 
     def _read_holey(self, span: bytes, schema: Node) -> pa.Table:
         """Read with the explicit schema; conflicts at explicit paths become holes (sticky)."""
@@ -297,9 +298,13 @@ class _Span:
             msg = str(exc)
             m = _CONFLICT.search(msg)
             if m and not _is_syntax(msg):
-                self.out.bad.append(BadLine(row, "mixed_types", f"mixed types inside one record at {m['col']}"))
+                self.out.bad.append(
+                    BadLine(row, "mixed_types", f"mixed types inside one record at {m['col']}")
+                )
             else:
-                self.out.bad.append(BadLine(row, _bad_reason(line, msg), msg.replace("JSON parse error: ", "")))
+                self.out.bad.append(
+                    BadLine(row, _bad_reason(line, msg), msg.replace("JSON parse error: ", ""))
+                )
             return
         if table.num_rows != 1:
             self.out.bad.append(BadLine(row, "not_one_object", "a line must hold exactly one JSON object"))

@@ -94,8 +94,15 @@ class UnitIds:
 
 
 class _Walk:
-    def __init__(self, root: str, actions: dict[str, Action], probe_paths: dict[str, Literal["value", "null"]],
-                 sep: str, scalar_lists: Literal["table", "column"], ids: UnitIds) -> None:  # fmt: skip
+    def __init__(
+        self,
+        root: str,
+        actions: dict[str, Action],
+        probe_paths: dict[str, Literal["value", "null"]],
+        sep: str,
+        scalar_lists: Literal["table", "column"],
+        ids: UnitIds,
+    ) -> None:
         self.root = root
         self.actions = actions
         self.probe_paths = probe_paths
@@ -110,7 +117,9 @@ class _Walk:
     def roots(self, rows: np.ndarray, root_rows: np.ndarray | None) -> np.ndarray:
         return rows if root_rows is None else root_rows[rows]
 
-    def probe(self, path: str, arr: pa.Array, parent_valid: pa.Array | None, root_rows: np.ndarray | None) -> None:
+    def probe(
+        self, path: str, arr: pa.Array, parent_valid: pa.Array | None, root_rows: np.ndarray | None
+    ) -> None:
         how = self.probe_paths.get(path)
         if how is None or path in self.probes:
             return
@@ -124,8 +133,17 @@ class _Walk:
         row = int(self.roots(np.array([idx]), root_rows)[0])
         self.probes[path] = Probe(row, arr[idx].as_py() if how == "value" else None)
 
-    def visit(self, arr: pa.Array, path: str, col: list[str], tb: FlatTable, ids: np.ndarray,
-              root_ids: np.ndarray, root_rows: np.ndarray | None, parent_valid: pa.Array | None) -> None:  # fmt: skip
+    def visit(
+        self,
+        arr: pa.Array,
+        path: str,
+        col: list[str],
+        tb: FlatTable,
+        ids: np.ndarray,
+        root_ids: np.ndarray,
+        root_rows: np.ndarray | None,
+        parent_valid: pa.Array | None,
+    ) -> None:
         self.probe(path, arr, parent_valid, root_rows)
         act = self.actions.get(path)
         if act is not None:
@@ -143,8 +161,10 @@ class _Walk:
                 if act.on == "value":
                     return
             elif act.kind == "variant":
-                tb.add(self.sep.join([*col[:-1], f"{col[-1]}__v_{act.tag}"]) if col else f"value__v_{act.tag}",
-                       arr)  # fmt: skip
+                tb.add(
+                    self.sep.join([*col[:-1], f"{col[-1]}__v_{act.tag}"]) if col else f"value__v_{act.tag}",
+                    arr,
+                )
                 return
             elif act.kind == "cast":
                 arr = arr.cast(act.to)
@@ -154,8 +174,16 @@ class _Walk:
             children = arr.flatten()
             for i in range(t.num_fields):
                 name = t.field(i).name
-                self.visit(children[i], child_path(path, name), [*col, safe_name(name)], tb, ids, root_ids,
-                           root_rows, valid)  # fmt: skip
+                self.visit(
+                    children[i],
+                    child_path(path, name),
+                    [*col, safe_name(name)],
+                    tb,
+                    ids,
+                    root_ids,
+                    root_rows,
+                    valid,
+                )
             return
         if pa.types.is_list(t) or pa.types.is_large_list(t):
             if self.scalar_lists == "column" and not _nested(t.value_type):
@@ -172,8 +200,16 @@ class _Walk:
             a.on == "null" and p.startswith(prefix) for p, a in self.actions.items()
         )
 
-    def child(self, arr: pa.Array, path: str, col: list[str], parent: FlatTable, parent_ids: np.ndarray,
-              root_ids: np.ndarray, root_rows: np.ndarray | None) -> None:  # fmt: skip
+    def child(
+        self,
+        arr: pa.Array,
+        path: str,
+        col: list[str],
+        parent: FlatTable,
+        parent_ids: np.ndarray,
+        root_ids: np.ndarray,
+        root_rows: np.ndarray | None,
+    ) -> None:
         name = f"{parent.name}__{'__'.join(col) if col else 'item'}"
         values = arr.flatten()
         parents = pc.list_parent_indices(arr).to_numpy()
@@ -198,9 +234,17 @@ def _nested(t: pa.DataType) -> bool:
     return bool(pa.types.is_struct(t) or pa.types.is_list(t) or pa.types.is_large_list(t))
 
 
-def walk(table: pa.Table, *, root: str, root_ids: np.ndarray, ids: UnitIds, actions: dict[str, Action],
-         probes: dict[str, Literal["value", "null"]], sep: str = ".",
-         scalar_lists: Literal["table", "column"] = "table") -> Walked:  # fmt: skip
+def walk(
+    table: pa.Table,
+    *,
+    root: str,
+    root_ids: np.ndarray,
+    ids: UnitIds,
+    actions: dict[str, Action],
+    probes: dict[str, Literal["value", "null"]],
+    sep: str = ".",
+    scalar_lists: Literal["table", "column"] = "table",
+) -> Walked:
     """Flatten one piece. ``root_ids``: the ``_id`` of each row; the root table gets only data columns here
     (the caller adds ``_id``/``_run``/``_file``/``_line``)."""
     w = _Walk(root, actions, probes, sep, scalar_lists, ids)
