@@ -170,7 +170,10 @@ def _run_workers(plan: Any, settings: Settings) -> None:
             done, records = staging.done_bytes()
             rate = records / max(1e-6, time.monotonic() - started)
             bar.update(task, completed=min(done, total), rate=f"{records:,} records {rate:,.0f}/s")
-            time.sleep(0.5)
+            try:
+                next(p for p in procs if p.poll() is None).wait(timeout=0.3)
+            except (StopIteration, subprocess.TimeoutExpired):
+                pass
         bar.update(task, completed=total)
     failed = [i for i, p in enumerate(procs) if p.returncode != 0]
     if failed:

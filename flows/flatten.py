@@ -9,8 +9,11 @@ finished (findings, publish, registry, alert) by ``enrich flatten`` once every w
 
 from __future__ import annotations
 
+import gc
 import os
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import bytewax.operators as op
@@ -53,12 +56,25 @@ class UnitsSource(DynamicSource[tuple[int, Chunk]]):
 
 
 class _Stage(StatelessSinkPartition[ChunkResult]):
-    def __init__(self, staging: Staging) -> None:
+    """Writes chunks in background threads (pyarrow releases the GIL), so writing one chunk overlaps
+    parsing the next; at most ``depth`` chunks wait, which keeps memory bounded."""
+
+    def __init__(self, staging: Staging, depth: int = 2) -> None:
         self.staging = staging
+        self.depth = depth
+        self.pool = ThreadPoolExecutor(max_workers=depth, thread_name_prefix="stage")
+        self.pending: deque[Future[None]] = deque()
 
     def write_batch(self, items: list[ChunkResult]) -> None:
         for result in items:
-            self.staging.write(result)
+            self.pending.append(self.pool.submit(self.staging.write, result))
+            while len(self.pending) > self.depth:
+                self.pending.popleft().result()
+
+    def close(self) -> None:
+        while self.pending:
+            self.pending.popleft().result()
+        self.pool.shutdown()
 
 
 class StagingSink(DynamicSink[ChunkResult]):
@@ -74,6 +90,7 @@ def build_flow(plan: Plan, *, threads: bool | None = None) -> Dataflow:
     use_threads = (plan.workers <= 1) if threads is None else threads
     if not use_threads:
         os.environ.setdefault("OMP_NUM_THREADS", "1")
+    gc.disable()  # a batch worker makes few reference cycles; collections only cost time here
 
     def flatten(item: tuple[int, Chunk]) -> ChunkResult:
         worker, chunk = item

@@ -128,15 +128,19 @@ def _json_lines(path: Path, unit: int, batch_bytes: int) -> Iterator[Chunk]:
             except (OSError, EOFError) as exc:  # a truncated or corrupt gzip stream
                 block, error = b"", exc
             if block:
-                data = carry + block
-                cut = data.rfind(b"\n")
+                cut = block.rfind(b"\n")
                 if cut < 0:
-                    carry = data
+                    carry += block
                     continue
-                body, carry = data[: cut + 1], data[cut + 1 :]
+                if carry or cut + 1 < len(block):  # one copy; none when the block ends a line
+                    body = b"".join((carry, memoryview(block)[: cut + 1]))
+                    carry = block[cut + 1 :]
+                else:
+                    body = block
                 now = raw.tell()
-                yield Chunk(unit, name, index, body, line, size=now - pos)
-                pos, line, index = now, line + body.count(b"\n"), index + 1
+                newlines = body.count(b"\n")
+                yield Chunk(unit, name, index, body, line, size=now - pos, newlines=newlines)
+                pos, line, index = now, line + newlines, index + 1
                 continue
             body = carry + b"\n" if carry else b""
             bad: list[tuple[int, str, str, bytes]] = []

@@ -82,6 +82,7 @@ class Chunk:
     bad: list[tuple[int, str, str, bytes]] = field(default_factory=list)
     size: int = 0
     last: bool = False
+    newlines: int | None = None  # lines in ``data`` when the source counted them already
 
 
 @dataclass(slots=True)
@@ -120,7 +121,7 @@ class Flattener:
 
     def process(self, chunk: Chunk) -> ChunkResult:
         ids = self.units.setdefault(chunk.unit, UnitIds(chunk.unit << UNIT_BITS))
-        parsed = self.reader.read(chunk.data, self.schema)
+        parsed = self.reader.read(chunk.data, self.schema, chunk.newlines)
         out: dict[str, list[pa.Table]] = {}
         pieces: list[PieceTypes] = []
         events: list[DriftEvent] = []
@@ -129,12 +130,14 @@ class Flattener:
         records = 0
         for piece in parsed.pieces:
             records += piece.table.num_rows
-            stats = path_stats(piece.table)
-            tree = node_of(
-                piece.table.schema.to_struct()
-                if hasattr(piece.table.schema, "to_struct")
-                else pa.struct(list(piece.table.schema))
-            )
+            # record batches are the reader's blocks: walking them one by one copies nothing
+            batches = [b for b in piece.table.to_batches() if b.num_rows]
+            stats: dict[str, tuple[int, int]] = {}
+            for batch in batches:
+                for p, (a, b) in path_stats(batch).items():
+                    x, y = stats.get(p, (0, 0))
+                    stats[p] = (x + a, y + b)
+            tree = node_of(pa.struct(list(piece.table.schema)))
             for p, node in paths(tree).items():
                 node.nullable = stats.get(p, (0, 0))[1] > 0
             pieces.append(PieceTypes(tree.to_doc(), stats))
@@ -142,50 +145,56 @@ class Flattener:
             probes: dict[str, Literal["value", "null"]] = {
                 e.path: ("null" if e.change == "nullability" else "value") for e in rec.events
             }
-            lines = self._lines(chunk, piece.rows)
-            root_ids = ids.base + lines
-            walked = walk(
-                piece.table,
-                root=self.options.dataset,
-                root_ids=root_ids,
-                ids=ids,
-                actions=rec.actions,
-                probes=probes,
-                sep=self.options.sep,
-                scalar_lists=self.options.scalar_lists,
-            )
-            for e in rec.events:
-                found = walked.probes.get(e.path)
-                if found is not None:
-                    e.example = _jsonable(found.example)
-                    e.first_seen = {"file": chunk.file, "line": int(lines[found.root_row])}
+            piece_lines = self._lines(chunk, piece.rows)
+            offset = 0
+            for batch in batches:
+                n = batch.num_rows
+                lines = piece_lines[offset : offset + n]
+                rows = piece.rows[offset : offset + n]
+                offset += n
+                root_ids = ids.base + lines
+                walked = walk(
+                    batch,
+                    root=self.options.dataset,
+                    root_ids=root_ids,
+                    ids=ids,
+                    actions=rec.actions,
+                    probes=probes,
+                    sep=self.options.sep,
+                    scalar_lists=self.options.scalar_lists,
+                )
+                for e in rec.events:
+                    found = walked.probes.get(e.path)
+                    if found is not None and e.first_seen is None:
+                        e.example = _jsonable(found.example)
+                        e.first_seen = {"file": chunk.file, "line": int(lines[found.root_row])}
+                probes = {p: how for p, how in probes.items() if p not in walked.probes}
+                for p, count in walked.dropped.items():
+                    dropped[p] = dropped.get(p, 0) + count
+                root = walked.tables[self.options.dataset]
+                meta = {
+                    "_id": pa.array(root_ids),
+                    "_run": pa.array(np.full(n, self.options.run, dtype=np.int64)),
+                    "_file": pa.DictionaryArray.from_arrays(
+                        pa.array(np.zeros(n, dtype=np.int32)), pa.array([chunk.file])
+                    ),
+                    "_line": pa.array(lines),
+                }
+                root.columns = {**meta, **root.columns}
+                keep = None
+                if walked.quarantine:
+                    q = np.zeros(n, dtype=bool)
+                    for row, reason in walked.quarantine.items():
+                        q[row] = True
+                        path = reason.split(" at ", 1)[1] if " at " in reason else None
+                        quarantine_rows.append((int(rows[row]), reason.split(" at ", 1)[0], path))
+                    keep = ~q
+                parts = self._partitions(root, n)
+                for name, ft in walked.tables.items():
+                    table = _assemble(ft, keep, parts)
+                    if table.num_rows or name == self.options.dataset:
+                        out.setdefault(name, []).append(table)
             events.extend(rec.events)
-            for p, count in walked.dropped.items():
-                dropped[p] = dropped.get(p, 0) + count
-            root = walked.tables[self.options.dataset]
-            n = piece.table.num_rows
-            meta = {
-                "_id": pa.array(root_ids),
-                "_run": pa.array(np.full(n, self.options.run, dtype=np.int64)),
-                "_file": pa.DictionaryArray.from_arrays(
-                    pa.array(np.zeros(n, dtype=np.int32)), pa.array([chunk.file])
-                ),
-                "_line": pa.array(lines),
-            }
-            root.columns = {**meta, **root.columns}
-            keep = None
-            if walked.quarantine:
-                q = np.zeros(n, dtype=bool)
-                for row, reason in walked.quarantine.items():
-                    q[row] = True
-                    path = reason.split(" at ", 1)[1] if " at " in reason else None
-                    quarantine_rows.append((int(piece.rows[row]), reason.split(" at ", 1)[0], path))
-                keep = ~q
-            parts = self._partitions(root, n)
-            for name, ft in walked.tables.items():
-                table = _assemble(ft, keep, parts)
-                if table.num_rows or name == self.options.dataset:
-                    out.setdefault(name, []).append(table)
         tables = {name: _concat(ts) for name, ts in out.items()}
         qtable = self._quarantine(chunk, parsed, quarantine_rows)
         if qtable.num_rows:

@@ -15,9 +15,16 @@ from enrich.flatten.arrow.chunk import PARTITION_COLUMN
 JSON_COLUMNS = ("value", "json", "payload", "document", "doc")
 
 
+ID_COLUMNS = ("_id", "_parent_id", "_root_id", "_line", "_idx")
+
+
 def write_parquet(table: pa.Table, path: Path) -> None:
+    """zstd; dictionaries for strings only (ids and measurements rarely repeat), ids delta-encoded."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table, path, compression="zstd")
+    schema = table.schema
+    strings = [f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_dictionary(f.type)]
+    deltas = {c: "DELTA_BINARY_PACKED" for c in ID_COLUMNS if c in schema.names}
+    pq.write_table(table, path, compression="zstd", use_dictionary=strings, column_encoding=deltas or None)
 
 
 def by_partition(table: pa.Table) -> Iterator[tuple[str, pa.Table]]:

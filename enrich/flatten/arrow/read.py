@@ -183,7 +183,7 @@ class ChunkReader:
         self.holes: set[str] = set()
         self.threads = threads
 
-    def read(self, data: bytes, schema: Node) -> Parsed:
+    def read(self, data: bytes, schema: Node, newlines: int | None = None) -> Parsed:
         """``data``: lines ending in ``\\n``. Blank lines are skipped (they are not records)."""
         out = Parsed()
         skip: set[int] = set()
@@ -191,7 +191,7 @@ class ChunkReader:
         if bad_utf8:
             skip = set(_line_of_offsets(_starts(data, out), bad_utf8))
             out.bad.extend(BadLine(r, "invalid_utf8", "not valid UTF-8") for r in sorted(skip))
-        _Span(self, data, schema, out).run(0, len(data), skip)
+        _Span(self, data, schema, out, newlines).run(0, len(data), skip)
         return out
 
     def _read_holey(self, span: bytes, schema: Node) -> pa.Table:
@@ -221,7 +221,8 @@ class ChunkReader:
 class _Span:
     """The recursion over byte spans of whole lines of one chunk."""
 
-    def __init__(self, reader: ChunkReader, data: bytes, schema: Node, out: Parsed) -> None:
+    def __init__(self, reader: ChunkReader, data: bytes, schema: Node, out: Parsed, newlines: int | None) -> None:
+        self.newlines = newlines
         self.reader = reader
         self.data = data
         self.schema = schema
@@ -253,7 +254,7 @@ class _Span:
                     self.one(row)
                 return
             span = self.data[lo:hi]
-            if not span.strip():
+            if not span or span.isspace():
                 return
             try:
                 table = self.reader._read_holey(span, self.schema)
@@ -313,7 +314,8 @@ class _Span:
 
     def add(self, table: pa.Table, lo: int, hi: int) -> None:
         data = self.data
-        newlines = data.count(b"\n", lo, hi)
+        whole = lo == 0 and hi == len(data)
+        newlines = self.newlines if whole and self.newlines is not None else data.count(b"\n", lo, hi)
         if self.out.line_starts is None and lo == 0 and hi == len(data) and table.num_rows == newlines:
             self.out.pieces.append(Piece(table, np.arange(newlines, dtype=np.int64)))  # the usual case
             return
@@ -353,6 +355,8 @@ def _bad_reason(line: bytes, msg: str) -> str:
 
 def _utf8_errors(data: bytes) -> list[int]:
     """Byte offsets of invalid UTF-8 sequences (one per bad spot)."""
+    if data.isascii():  # the usual case, and a fast scan
+        return []
     try:
         data.decode("utf-8")
         return []

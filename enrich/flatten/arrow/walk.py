@@ -235,7 +235,7 @@ def _nested(t: pa.DataType) -> bool:
 
 
 def walk(
-    table: pa.Table,
+    table: pa.RecordBatch,
     *,
     root: str,
     root_ids: np.ndarray,
@@ -249,14 +249,12 @@ def walk(
     (the caller adds ``_id``/``_run``/``_file``/``_line``)."""
     w = _Walk(root, actions, probes, sep, scalar_lists, ids)
     tb = w.tables[root] = FlatTable(root)
-    for name in table.column_names:
-        column = table.column(name)
-        arr = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+    for name, arr in zip(table.schema.names, table.columns, strict=True):
         w.visit(arr, child_path("", name), [safe_name(name)], tb, root_ids, root_ids, None, None)
     return Walked(w.tables, w.quarantine, w.probes, w.dropped)
 
 
-def path_stats(table: pa.Table) -> dict[str, tuple[int, int]]:
+def path_stats(table: pa.RecordBatch) -> dict[str, tuple[int, int]]:
     """Per path of a nested table: (non-null values, nulls where the parent was present)."""
     out: dict[str, tuple[int, int]] = {}
 
@@ -271,8 +269,6 @@ def path_stats(table: pa.Table) -> dict[str, tuple[int, int]]:
         elif pa.types.is_list(t) or pa.types.is_large_list(t):
             visit(arr.flatten(), item_path(path), 0)
 
-    for name in table.column_names:
-        column = table.column(name)
-        arr = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+    for name, arr in zip(table.schema.names, table.columns, strict=True):
         visit(arr, child_path("", name), 0)
     return out
