@@ -45,7 +45,11 @@ def generate(path: Path, mb: int, *, distinct: int = 50_000) -> tuple[int, int]:
         while written < target:
             for i, line in enumerate(lines):
                 # a new report id per repetition keeps records distinct without generating more
-                line = line.replace(b'"trip-', b'"t%d-' % (records // distinct), 1) if records >= distinct else line
+                line = (
+                    line.replace(b'"trip-', b'"t%d-' % (records // distinct), 1)
+                    if records >= distinct
+                    else line
+                )
                 f.write(line + b"\n")
                 written += len(line) + 1
                 records += 1
@@ -140,7 +144,12 @@ def run_ours(src: Path, out: Path, workers: int, batch_mb: int) -> dict[str, Any
     if proc.returncode not in (0, 3):
         raise RuntimeError(f"enrich flatten exited {proc.returncode}: {err.decode()[-2000:]}")
     report = json.loads((out / "report.json").read_text())
-    return {"seconds": seconds, "records": report["records"], "tables": report["tables"], "peak_rss_mb": rss / 2**20}
+    return {
+        "seconds": seconds,
+        "records": report["records"],
+        "tables": report["tables"],
+        "peak_rss_mb": rss / 2**20,
+    }
 
 
 def _lines(src: Path) -> Iterator[bytes]:
@@ -244,7 +253,9 @@ def main() -> None:
         if not args.keep:
             for name in ("ours", "dlt-out", "pandas-out"):
                 shutil.rmtree(args.dir / name, ignore_errors=True)
-    print(f"\ninput: {src} ({size / 2**20:,.0f} MB, {records:,} records, {size / max(1, records or 1):,.0f} B each)")
+    print(
+        f"\ninput: {src} ({size / 2**20:,.0f} MB, {records:,} records, {size / max(1, records or 1):,.0f} B each)"
+    )
     print(f"{'contender':<10} {'seconds':>9} {'records/s':>11} {'MB/s':>7} {'peak RSS MB':>12}  notes")
     for name, r in results.items():
         if "error" in r:
@@ -261,8 +272,12 @@ def main() -> None:
         dlt_rate = n_dlt / results["dlt"]["seconds"]
         print(f"\nours / dlt = {ours_rate / dlt_rate:.1f}x (records/s, same run)")
     if "ours" in results and "pandas" in results and "error" not in results["pandas"]:
-        print(f"ours / pandas.json_normalize = {results['ours']['seconds'] and results['pandas']['seconds'] / results['ours']['seconds']:.1f}x")
-    print(f"\n(resource: max RSS of any child {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:,.0f} MB)")
+        print(
+            f"ours / pandas.json_normalize = {results['ours']['seconds'] and results['pandas']['seconds'] / results['ours']['seconds']:.1f}x"
+        )
+    print(
+        f"\n(resource: max RSS of any child {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:,.0f} MB)"
+    )
     if not args.keep:
         src.unlink(missing_ok=True)
 

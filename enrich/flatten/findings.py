@@ -181,8 +181,8 @@ def _removed(
 ) -> None:
     mode = policies["removed"]
     for path, node in known.items():
-        if node.type == "null" or totals.get(path, (0, 0))[0] > 0:
-            continue
+        if node.type == "null" or path.endswith("[]") or totals.get(path, (0, 0))[0] > 0:
+            continue  # (items of arrays that were all empty in this run are not "removed")
         parent = parent_path(path)
         present = records if not parent else totals.get(parent, (0, 0))[0]
         if present == 0 or parent_path(path) in {p for (p, c) in findings if c == "removed"}:

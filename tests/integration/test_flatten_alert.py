@@ -64,7 +64,9 @@ def test_drift_sends_one_alert_by_mail_and_signed_webhook_and_the_next_clean_run
     s = pipeline_settings
     b1, b2 = tmp_path / "batch-1.jsonl", tmp_path / "batch-2.jsonl"
     b1.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in trip_reports(200)))
-    b2.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in trip_reports(100, seed=2, drift=True, first=200)))
+    b2.write_bytes(
+        b"".join(orjson.dumps(r) + b"\n" for r in trip_reports(100, seed=2, drift=True, first=200))
+    )
     box, rx, secret = Mailbox(), Receiver([]), new_secret()
     worker = start_worker(s, _config(tmp_path, rx.url, secret), box.port, tmp_path / "alerts.log")
     try:

@@ -221,7 +221,9 @@ class ChunkReader:
 class _Span:
     """The recursion over byte spans of whole lines of one chunk."""
 
-    def __init__(self, reader: ChunkReader, data: bytes, schema: Node, out: Parsed, newlines: int | None) -> None:
+    def __init__(
+        self, reader: ChunkReader, data: bytes, schema: Node, out: Parsed, newlines: int | None
+    ) -> None:
         self.newlines = newlines
         self.reader = reader
         self.data = data
@@ -303,9 +305,8 @@ class _Span:
                     BadLine(row, "mixed_types", f"mixed types inside one record at {m['col']}")
                 )
             else:
-                self.out.bad.append(
-                    BadLine(row, _bad_reason(line, msg), msg.replace("JSON parse error: ", ""))
-                )
+                detail = _ROW.sub("", msg.replace("JSON parse error: ", "")).strip()
+                self.out.bad.append(BadLine(row, _bad_reason(line, msg), detail))
             return
         if table.num_rows != 1:
             self.out.bad.append(BadLine(row, "not_one_object", "a line must hold exactly one JSON object"))
