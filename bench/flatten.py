@@ -43,19 +43,15 @@ def generate(path: Path, mb: int, *, distinct: int = 50_000) -> tuple[int, int]:
     written = records = 0
     with open(path, "wb", buffering=16 << 20) as f:
         while written < target:
-            for i, line in enumerate(lines):
+            for base in lines:
                 # a new report id per repetition keeps records distinct without generating more
-                line = (
-                    line.replace(b'"trip-', b'"t%d-' % (records // distinct), 1)
-                    if records >= distinct
-                    else line
-                )
+                rep = records // distinct
+                line = base.replace(b'"trip-', b'"t%d-' % rep, 1) if rep else base
                 f.write(line + b"\n")
                 written += len(line) + 1
                 records += 1
                 if written >= target:
                     break
-            del i
     return records, written
 
 
@@ -175,7 +171,8 @@ def run_dlt(src: Path, out: Path, limit: int | None) -> dict[str, Any]:
                                 dataset_name="trips")  # fmt: skip
         info = pipeline.run(dlt.resource(rows(), name="trips"), loader_file_format="parquet")
         seconds = time.perf_counter() - start
-        counts = pipeline.last_trace.last_normalize_info.row_counts if pipeline.last_trace else {}
+        norm = pipeline.last_trace.last_normalize_info if pipeline.last_trace else None
+        counts = norm.row_counts if norm is not None else {}
         del info
         return {"seconds": seconds, "tables": {k: v for k, v in counts.items() if not k.startswith("_dlt")}}
 
@@ -228,15 +225,15 @@ def main() -> None:
     src = args.dir / f"trips-{args.mb}mb.jsonl"
     if not src.exists():
         t = time.perf_counter()
-        records, size = generate(src, args.mb)
-        print(f"generated {records:,} records, {size / 2**20:,.0f} MB in {time.perf_counter() - t:.1f}s")
+        made, written = generate(src, args.mb)
+        print(f"generated {made:,} records, {written / 2**20:,.0f} MB in {time.perf_counter() - t:.1f}s")
     size = src.stat().st_size
-    records = sum(1 for _ in _lines(src)) if "dlt" in only or "pandas" in only else None
+    records: int | None = sum(1 for _ in _lines(src)) if "dlt" in only or "pandas" in only else None
     results: dict[str, dict[str, Any]] = {}
     try:
         if "ours" in only:
-            # a few workers processes read one big file? no: one file is one unit; the two cores work through
-            # pyarrow's threads in the parser and the overlap of parsing with writing
+            # one file is one unit: its worker uses the cores through pyarrow's parser threads and by
+            # writing a chunk's Parquet while the next chunk is parsed
             out = args.dir / "ours"
             shutil.rmtree(out, ignore_errors=True)
             results["ours"] = run_ours(src, out, args.workers, args.batch_mb)
@@ -253,31 +250,25 @@ def main() -> None:
         if not args.keep:
             for name in ("ours", "dlt-out", "pandas-out"):
                 shutil.rmtree(args.dir / name, ignore_errors=True)
-    print(
-        f"\ninput: {src} ({size / 2**20:,.0f} MB, {records:,} records, {size / max(1, records or 1):,.0f} B each)"
-    )
+    total = records or 0
+    print(f"\ninput: {src} ({size / 2**20:,.0f} MB, {total:,} records, {size / max(1, total):,.0f} B each)")
     print(f"{'contender':<10} {'seconds':>9} {'records/s':>11} {'MB/s':>7} {'peak RSS MB':>12}  notes")
+    rates: dict[str, float] = {}
     for name, r in results.items():
         if "error" in r:
             print(f"{name:<10} failed: {r['error']}")
             continue
-        n = args.dlt_records if name == "dlt" and args.dlt_records else records or 0
-        mbs = size * (n / max(1, records or 1)) / 2**20 / r["seconds"]
+        n = args.dlt_records if name == "dlt" and args.dlt_records else total
+        rates[name] = n / r["seconds"]
+        mbs = size * (n / max(1, total)) / 2**20 / r["seconds"]
         tables = len(r.get("tables", {})) or "-"
-        print(f"{name:<10} {r['seconds']:>9.1f} {n / r['seconds']:>11,.0f} {mbs:>7.1f} {r['peak_rss_mb']:>12,.0f}  "
-              f"tables: {tables}")  # fmt: skip
-    if "ours" in results and "dlt" in results and "error" not in results["dlt"]:
-        n_dlt = args.dlt_records or records or 1
-        ours_rate = (records or 0) / results["ours"]["seconds"]
-        dlt_rate = n_dlt / results["dlt"]["seconds"]
-        print(f"\nours / dlt = {ours_rate / dlt_rate:.1f}x (records/s, same run)")
-    if "ours" in results and "pandas" in results and "error" not in results["pandas"]:
-        print(
-            f"ours / pandas.json_normalize = {results['ours']['seconds'] and results['pandas']['seconds'] / results['ours']['seconds']:.1f}x"
-        )
-    print(
-        f"\n(resource: max RSS of any child {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024:,.0f} MB)"
-    )
+        row = f"{name:<10} {r['seconds']:>9.1f} {rates[name]:>11,.0f} {mbs:>7.1f} {r['peak_rss_mb']:>12,.0f}"
+        print(f"{row}  tables: {tables}")
+    for other in ("dlt", "pandas"):
+        if "ours" in rates and other in rates:
+            print(f"ours / {other} = {rates['ours'] / rates[other]:.1f}x (records/s, same run)")
+    maxrss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    print(f"(largest single process of the run: {maxrss:,.0f} MB max RSS)")
     if not args.keep:
         src.unlink(missing_ok=True)
 

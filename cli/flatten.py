@@ -7,6 +7,7 @@ input was rejected (bad lines, missing or empty files: see the report's ``errors
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -170,10 +171,8 @@ def _run_workers(plan: Any, settings: Settings) -> None:
             done, records = staging.done_bytes()
             rate = records / max(1e-6, time.monotonic() - started)
             bar.update(task, completed=min(done, total), rate=f"{records:,} records {rate:,.0f}/s")
-            try:
+            with contextlib.suppress(StopIteration, subprocess.TimeoutExpired):
                 next(p for p in procs if p.poll() is None).wait(timeout=0.3)
-            except (StopIteration, subprocess.TimeoutExpired):
-                pass
         bar.update(task, completed=total)
     failed = [i for i, p in enumerate(procs) if p.returncode != 0]
     if failed:

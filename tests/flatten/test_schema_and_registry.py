@@ -3,6 +3,7 @@ and rolling a run forward that crashed while publishing."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 from pathlib import Path
 from typing import Any
@@ -96,8 +97,8 @@ def test_policy_file_and_invalid_combinations(tmp_path: Path) -> None:
     f = tmp_path / "policy.yaml"
     f.write_text("incompatible: quarantine\nadded: freeze\n")
     p = load_policies(f, {"shape": "discard_value"})
-    assert (p["incompatible"], p["added"], p["shape"], p["removed"]) == ("quarantine", "freeze", "discard_value",
-                                                                         "evolve")  # fmt: skip
+    got = (p["incompatible"], p["added"], p["shape"], p["removed"])
+    assert got == ("quarantine", "freeze", "discard_value", "evolve")
     for bad in ({"removed": "variant"}, {"typo": "evolve"}, {"added": "keep"}):
         with pytest.raises(PolicyError):
             parse_policies(bad)
@@ -143,7 +144,7 @@ def test_runs_get_distinct_numbers_and_unit_ranges_even_concurrently(registry: S
         t.join()
     assert sorted(r for r, _b, _u in got) == list(range(1, 9))
     ranges = sorted((b, b + u) for _r, b, u in got)
-    assert all(hi <= lo2 for (_lo, hi), (lo2, _hi2) in zip(ranges, ranges[1:], strict=False))
+    assert all(hi <= lo2 for (_lo, hi), (lo2, _hi2) in itertools.pairwise(ranges))
 
 
 def test_a_half_written_version_is_never_seen(tmp_path: Path) -> None:
