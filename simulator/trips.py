@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from simulator.model import FLEETS, MODELS
@@ -29,11 +29,17 @@ def _iso(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+Car = tuple[int, str, str]  # car_id, model, fleet
+
+
 def trip_report(
-    rng: random.Random, n: int, *, drift: bool = False, start_ms: int = BASE_MS
+    rng: random.Random, n: int, *, drift: bool = False, start_ms: int = BASE_MS, cars: Sequence[Car] = ()
 ) -> dict[str, Any]:
-    """Report number ``n``: deterministic given the generator's state."""
-    car_id = 1000 + rng.randrange(500)
+    """Report number ``n``: deterministic given the generator's state (cars: pick from these)."""
+    if cars:
+        car_id, model, fleet = cars[rng.randrange(len(cars))]
+    else:
+        car_id, model, fleet = 1000 + rng.randrange(500), rng.choice(MODELS), rng.choice(FLEETS)
     started = start_ms + n * 37_000 + rng.randrange(30_000)
     segments = []
     t = started
@@ -83,7 +89,7 @@ def trip_report(
                 "build": {"number": rng.randrange(1000, 2000), "channel": "stable"},
             },
         },
-        "car": {"car_id": car_id, "model": rng.choice(MODELS), "fleet": rng.choice(FLEETS)},
+        "car": {"car_id": car_id, "model": model, "fleet": fleet},
         "trip": {
             "started_at": _iso(started),
             "ended_at": _iso(t),
@@ -108,9 +114,15 @@ def trip_report(
 
 
 def trip_reports(
-    count: int, *, seed: int = 7, drift: bool = False, first: int = 0
+    count: int,
+    *,
+    seed: int = 7,
+    drift: bool = False,
+    first: int = 0,
+    start_ms: int = BASE_MS,
+    cars: Sequence[Car] = (),
 ) -> Iterator[dict[str, Any]]:
     """``count`` reports numbered from ``first``; the same seed gives the same reports."""
     rng = random.Random(seed)
     for n in range(first, first + count):
-        yield trip_report(rng, n, drift=drift)
+        yield trip_report(rng, n, drift=drift, start_ms=start_ms, cars=cars)
