@@ -1,4 +1,4 @@
-"""The batch part of the demo: export trip reports of the demo fleet, flatten them, plant drift, see the alert.
+"""The batch part of the demo: export the demo fleet's trip reports, flatten them, plant drift, see the alert.
 
 Batch 1 (gzip JSON Lines) is flattened into relational Parquet tables and registered as schema version 1;
 batch 2 carries three schema changes (a field added at level 4, a level-3 number sent as a string, a level-5
@@ -29,11 +29,25 @@ REPORTS = 3000
 
 
 def _flatten(settings: Settings, src: Path, out: Path, report: Path, log: Path) -> tuple[int, dict[str, Any]]:
-    cmd = [sys.executable, "-m", "cli.main", "flatten", str(src), "--dataset", "trips", "--out", str(out),
-           "--report", str(report), "--partition-by", "trip.started_at:date"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "cli.main",
+        "flatten",
+        str(src),
+        "--dataset",
+        "trips",
+        "--out",
+        str(out),
+        "--report",
+        str(report),
+        "--partition-by",
+        "trip.started_at:date",
+    ]
     with open(log, "ab") as f:
-        code = subprocess.run(cmd, env={**os.environ, **settings.as_env()}, stdout=f, stderr=subprocess.STDOUT,
-                              check=False).returncode  # fmt: skip
+        code = subprocess.run(
+            cmd, env={**os.environ, **settings.as_env()}, stdout=f, stderr=subprocess.STDOUT, check=False
+        ).returncode
     return code, json.loads(report.read_text()) if report.exists() else {}
 
 
@@ -44,13 +58,18 @@ def run_flatten_demo(
     out = work / "tables"
     start_ms = int(time.time() * 1000) - 2 * 86_400_000
     batch1, batch2 = work / "trips-batch-1.jsonl.gz", work / "trips-batch-2.jsonl"
-    batch1.write_bytes(gzip.compress(b"".join(orjson.dumps(r) + b"\n"
-                                              for r in trip_reports(REPORTS, seed=1, start_ms=start_ms, cars=cars))))  # fmt: skip
-    batch2.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in trip_reports(
-        REPORTS // 3, seed=2, drift=True, first=REPORTS, start_ms=start_ms + 86_400_000, cars=cars)))  # fmt: skip
+    first = trip_reports(REPORTS, seed=1, start_ms=start_ms, cars=cars)
+    later = trip_reports(
+        REPORTS // 3, seed=2, drift=True, first=REPORTS, start_ms=start_ms + 86_400_000, cars=cars
+    )
+    batch1.write_bytes(gzip.compress(b"".join(orjson.dumps(r) + b"\n" for r in first)))
+    batch2.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in later))
     console.rule("batch flattening (enrich flatten)")
-    console.print(f"exported {REPORTS:,} trip reports of the demo fleet ({batch1.name}, 5 levels deep) and "
-                  f"{REPORTS // 3:,} more with planted drift ({batch2.name})", highlight=False)  # fmt: skip
+    console.print(
+        f"exported {REPORTS:,} trip reports of the demo fleet ({batch1.name}, 5 levels deep) and "
+        f"{REPORTS // 3:,} more with planted drift ({batch2.name})",
+        highlight=False,
+    )
     sample = orjson.loads(gzip.decompress(batch1.read_bytes()).split(b"\n", 1)[0])
     sample["trip"]["route"]["segments"] = sample["trip"]["route"]["segments"][:1]  # shortened for the screen
     for seg in sample["trip"]["route"]["segments"]:
@@ -68,26 +87,41 @@ def run_flatten_demo(
         a, b = r1["tables"].get(name, 0), r2["tables"].get(name, 0)
         tables.add_row(name, f"{a:,}", f"{a + b:,}")
     console.print(tables)
-    console.print(f"batch 1: exit {code1}, schema v{r1['schema_version_after']}; batch 2: exit {code2} (3 = completed "
-                  f"with drift), schema v{r2['schema_version_before']} -> v{r2['schema_version_after']}")  # fmt: skip
+    console.print(
+        f"batch 1: exit {code1}, schema v{r1['schema_version_after']}; batch 2: exit {code2} (3 = completed with "
+        f"drift), schema v{r2['schema_version_before']} -> v{r2['schema_version_after']}"
+    )
     drift = Table("path", "change", "old", "new", "example", "first seen", "policy", title="drift in batch 2")
     for f in r2["drift"]:
         seen = f["first_seen"] or {}
         where = f"{Path(seen['file']).name}:{seen['line']}" if seen else "-"
-        drift.add_row(f["path"], f["change"], f["old_type"] or "-", f["new_type"] or "-",
-                      json.dumps(f["example"]), where, f["policy"])  # fmt: skip
+        drift.add_row(
+            f["path"],
+            f["change"],
+            f["old_type"] or "-",
+            f["new_type"] or "-",
+            json.dumps(f["example"]),
+            where,
+            f["policy"],
+        )
     console.print(drift)
-    console.print(f"  query them: duckdb -c \"select count(*) from read_parquet('{out}/trips/**/*.parquet', "
-                  "hive_partitioning=true)\"", highlight=False, markup=False)  # fmt: skip
+    console.print(
+        f"  query them: duckdb -c \"select count(*) from read_parquet('{out}/trips/**/*.parquet', "
+        'hive_partitioning=true)"',
+        highlight=False,
+        markup=False,
+    )
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not (
-        any("schema-drift" in s for _to, s in rx.mails[mails_before:])
-        and any(a["labels"].get("alertname") == "schema-drift" for _w, b in rx.hooks[hooks_before:] for a in b["alerts"])
-    ):  # fmt: skip
+
+    def drift_hook(body: dict[str, Any]) -> bool:
+        return any(a["labels"].get("alertname") == "schema-drift" for a in body["alerts"])
+
+    mails: list[tuple[list[str], str]] = []
+    hooks: list[tuple[str, dict[str, Any]]] = []
+    while time.monotonic() < deadline and not (mails and hooks):
         time.sleep(0.5)
-    mails = [(to, s) for to, s in rx.mails[mails_before:] if "schema-drift" in s]
-    hooks = [(w, b) for w, b in rx.hooks[hooks_before:]
-             if any(a["labels"].get("alertname") == "schema-drift" for a in b["alerts"])]  # fmt: skip
+        mails = [(to, s) for to, s in rx.mails[mails_before:] if "schema-drift" in s]
+        hooks = [(w, b) for w, b in rx.hooks[hooks_before:] if drift_hook(b)]
     deliveries = Table("channel", "to", "what", title="the schema-drift alert (one per dataset and run)")
     for to, subject in mails:
         deliveries.add_row("e-mail", ", ".join(to), subject)
