@@ -88,8 +88,9 @@ def run_flatten_demo(
         tables.add_row(name, f"{a:,}", f"{a + b:,}")
     console.print(tables)
     console.print(
-        f"batch 1: exit {code1}, schema v{r1['schema_version_after']}; batch 2: exit {code2} (3 = completed with "
-        f"drift), schema v{r2['schema_version_before']} -> v{r2['schema_version_after']}"
+        f"batch 1: exit {code1}, schema v{r1['schema_version_after']}; "
+        f"batch 2: exit {code2} (3 = completed with drift), "
+        f"schema v{r2['schema_version_before']} -> v{r2['schema_version_after']}"
     )
     drift = Table("path", "change", "old", "new", "example", "first seen", "policy", title="drift in batch 2")
     for f in r2["drift"]:
