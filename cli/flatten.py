@@ -95,7 +95,7 @@ def flatten(
                 raise typer.Exit(EXIT_USAGE)
             if scalar_lists not in ("table", "column"):
                 raise typer.BadParameter("--scalar-lists is 'table' or 'column'")
-            n = workers or max(1, min(os.cpu_count() or 1, len(sources)))
+            n = workers or (os.cpu_count() or 1)
             plan = job.plan(
                 sources,
                 dataset=dataset,

@@ -89,7 +89,8 @@ def parquet_documents(
         nulls = (np.flatnonzero(~valid) + row0 + 1).tolist()
         docs = arr.filter(pa.array(valid)) if nulls else arr
         docs = pc.replace_substring(docs, "\n", " ")
-        joined = pc.binary_join(pa.ListArray.from_arrays(pa.array([0, len(docs)], pa.int32()), docs), "\n")
-        data = (joined.as_py() or b"") + b"\n" if len(docs) else b""
+        lists = pa.ListArray.from_arrays(pa.array([0, len(docs)], pa.int32()), docs)
+        joined = pc.binary_join(lists, pa.scalar(b"\n", pa.binary()))
+        data = (joined[0].as_py() or b"") + b"\n" if len(docs) else b""
         row0 += n
         yield data, rows, nulls, int(size * row0 / total)

@@ -33,7 +33,7 @@ ROOT_META = ("_id", "_run", "_file", "_line")
 CHILD_META = ("_id", "_parent_id", "_root_id", "_idx")
 _CAMEL1 = re.compile(r"(.)([A-Z][a-z]+)")
 _CAMEL2 = re.compile(r"([a-z0-9])([A-Z])")
-_UNSAFE = re.compile(r"[^a-z0-9_]+")
+_UNSAFE = re.compile(r"[^a-z0-9]+")
 _SAFE_CACHE: dict[str, str] = {}
 
 
@@ -42,7 +42,7 @@ def safe_name(segment: str) -> str:
     got = _SAFE_CACHE.get(segment)
     if got is None:
         s = _CAMEL2.sub(r"\1_\2", _CAMEL1.sub(r"\1_\2", segment)).lower()
-        s = _UNSAFE.sub("_", s).strip("_") or "_"
+        s = _UNSAFE.sub("_", s.replace("_", " ")).strip("_") or "_"
         if s[0].isdigit():
             s = "_" + s
         got = _SAFE_CACHE[segment] = s
