@@ -9,9 +9,18 @@ import orjson
 from stores.parquet_history import HistoryWriter
 from tests.flatten.helpers import read_tables, run_job
 
-NESTED = {"device_id": "d1", "ts": 1718000000000, "seq": 1,
-          "signals": {"Vehicle": {"Speed": 42.5, "Powertrain": {"CombustionEngine": {"IsRunning": True}},
-                                  "Cabin": {"Door": {"Row1": {"DriverSide": {"IsOpen": False}}}}}}}  # fmt: skip
+NESTED = {
+    "device_id": "d1",
+    "ts": 1718000000000,
+    "seq": 1,
+    "signals": {
+        "Vehicle": {
+            "Speed": 42.5,
+            "Powertrain": {"CombustionEngine": {"IsRunning": True}},
+            "Cabin": {"Door": {"Row1": {"DriverSide": {"IsOpen": False}}}},
+        }
+    },
+}
 FLAT = {"device_id": "d2", "ts": 1718000001000, "seq": 2, "signals": {"Vehicle.Speed": 12.0}}
 FLAT_STRINGS = {"device_id": "d3", "ts": 1718000002000, "seq": 3, "signals": {"Vehicle.Speed": "12.0"}}
 
