@@ -6,7 +6,7 @@ from pathlib import Path
 
 import orjson
 
-from stores.parquet_history import HistoryWriter
+from stores.parquet_history import HistoryWriter, RawRow
 from tests.flatten.helpers import read_tables, run_job
 
 NESTED = {
@@ -32,7 +32,7 @@ def test_raw_history_is_flattened_with_rows_as_lines(tmp_path: Path) -> None:
     ]
     rows.append((13, 1718000000003, b"k", None))  # a tombstone-like null value
     rows.append((14, 1718000000004, b"k", orjson.dumps(FLAT_STRINGS)))
-    HistoryWriter(history).write("telemetry", 0, rows, [])  # type: ignore[arg-type]
+    HistoryWriter(history).write("telemetry", 0, rows, [])
     report = run_job([history / "raw"], tmp_path / "out", dataset="telemetry")
     assert report["records"] == 4 and report["tables"]["telemetry"] == 4
     assert [(e["line"], e["reason"]) for e in report["errors"]] == [(4, "null_value")]
