@@ -27,7 +27,7 @@ FLAT_STRINGS = {"device_id": "d3", "ts": 1718000002000, "seq": 3, "signals": {"V
 
 def test_raw_history_is_flattened_with_rows_as_lines(tmp_path: Path) -> None:
     history = tmp_path / "history"
-    rows = [
+    rows: list[RawRow] = [
         (10 + i, 1718000000000 + i, b"k", orjson.dumps(doc)) for i, doc in enumerate((NESTED, FLAT, NESTED))
     ]
     rows.append((13, 1718000000003, b"k", None))  # a tombstone-like null value
