@@ -6,7 +6,8 @@ from pathlib import Path
 
 import orjson
 
-from stores.parquet_history import HistoryWriter, RawRow
+from enrich.records import Record
+from stores.parquet_history import HistoryWriter
 from tests.flatten.helpers import read_tables, run_job
 
 NESTED = {
@@ -27,11 +28,9 @@ FLAT_STRINGS = {"device_id": "d3", "ts": 1718000002000, "seq": 3, "signals": {"V
 
 def test_raw_history_is_flattened_with_rows_as_lines(tmp_path: Path) -> None:
     history = tmp_path / "history"
-    rows: list[RawRow] = [
-        (10 + i, 1718000000000 + i, b"k", orjson.dumps(doc)) for i, doc in enumerate((NESTED, FLAT, NESTED))
-    ]
-    rows.append((13, 1718000000003, b"k", None))  # a tombstone-like null value
-    rows.append((14, 1718000000004, b"k", orjson.dumps(FLAT_STRINGS)))
+    docs: list[bytes | None] = [orjson.dumps(d) for d in (NESTED, FLAT, NESTED)]
+    docs += [None, orjson.dumps(FLAT_STRINGS)]  # a tombstone-like null value, then numbers as strings
+    rows = [Record("telemetry", 0, 10 + i, b"k", v, 1718000000000 + i) for i, v in enumerate(docs)]
     HistoryWriter(history).write("telemetry", 0, rows, [])
     report = run_job([history / "raw"], tmp_path / "out", dataset="telemetry")
     assert report["records"] == 4 and report["tables"]["telemetry"] == 4
