@@ -11,7 +11,9 @@ import contextlib
 import os
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -122,8 +124,15 @@ def flatten(
                 return
             _run_workers(plan, settings)
         result = job.finish(plan)
-    except (EnrichError, ValueError, KeyError, OSError) as exc:
-        console.print(f"[red]flatten failed:[/red] {exc}", highlight=False)
+    except (typer.Exit, typer.BadParameter):
+        raise
+    except Exception as exc:  # the command's boundary: any failure is "failed", nothing was published
+        kind = (
+            ""
+            if isinstance(exc, EnrichError | ValueError | KeyError | OSError)
+            else f"{type(exc).__name__}: "
+        )
+        console.print(f"[red]flatten failed:[/red] {kind}{exc}", highlight=False)
         raise typer.Exit(EXIT_FAILED) from exc
     result["alert"] = None if no_alert else _alert(settings, plan, result)
     if report is not None:
@@ -133,26 +142,11 @@ def flatten(
     raise typer.Exit(exit_code(result))
 
 
-def _run_workers(plan: Any, settings: Settings) -> None:
-    """Run the dataflow in ``plan.workers`` processes on this host, with a progress bar."""
-    from stack.procs import free_port
+@contextlib.contextmanager
+def _progress(plan: Any) -> Iterator[None]:
+    """A progress bar (on a terminal) fed from the staged chunk results, refreshed by a thread."""
     from stores.flatten_output import Staging
 
-    n = plan.workers
-    addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(n)) if n > 1 else None
-    logs = plan.staging / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    procs = []
-    for i in range(n):
-        cmd = [sys.executable, "-m", "cli.main", "flow", "flatten", "--plan", str(plan.path)]
-        if addresses:
-            cmd += ["-i", str(i), "-a", addresses]
-        with open(logs / f"worker-{i}.log", "ab") as log:
-            procs.append(
-                subprocess.Popen(
-                    cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **settings.as_env()}
-                )
-            )
     staging = Staging(Path(plan.out), plan.dataset, plan.run)
     total = sum(int(u["size"]) for u in plan.units) or 1
     started = time.monotonic()
@@ -163,17 +157,54 @@ def _run_workers(plan: Any, settings: Settings) -> None:
         TextColumn("{task.fields[rate]}"),
         TimeRemainingColumn(),
     )
-    with Progress(
-        *columns, console=console, transient=not sys.stdout.isatty(), disable=not sys.stdout.isatty()
-    ) as bar:
+    tty = sys.stdout.isatty()
+    stop = threading.Event()
+    with Progress(*columns, console=console, transient=not tty, disable=not tty) as bar:
         task = bar.add_task(f"flatten {plan.dataset} run {plan.run}", total=total, rate="")
-        while any(p.poll() is None for p in procs):
-            done, records = staging.done_bytes()
-            rate = records / max(1e-6, time.monotonic() - started)
-            bar.update(task, completed=min(done, total), rate=f"{records:,} records {rate:,.0f}/s")
-            with contextlib.suppress(StopIteration, subprocess.TimeoutExpired):
-                next(p for p in procs if p.poll() is None).wait(timeout=0.3)
-        bar.update(task, completed=total)
+
+        def poll() -> None:
+            while not stop.wait(0.3):
+                done, records = staging.done_bytes()
+                rate = records / max(1e-6, time.monotonic() - started)
+                bar.update(task, completed=min(done, total), rate=f"{records:,} records {rate:,.0f}/s")
+
+        watcher = threading.Thread(target=poll, daemon=True, name="progress")
+        if tty:
+            watcher.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            if tty:
+                watcher.join()
+            bar.update(task, completed=total)
+
+
+def _run_workers(plan: Any, settings: Settings) -> None:
+    """Run the dataflow: in this process for one worker, else in ``plan.workers`` processes (``-i/-a``)."""
+    from stack.procs import free_port
+
+    n = plan.workers
+    if n == 1:
+        from flows.flatten import build_flow
+        from flows.runner import RunOptions, run
+
+        with _progress(plan):
+            run(build_flow(plan), RunOptions(recovery_dir=None))
+        return
+    addresses = ";".join(f"127.0.0.1:{free_port()}" for _ in range(n))
+    logs = plan.staging / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for i in range(n):
+        cmd = [sys.executable, "-m", "cli.main", "flow", "flatten", "--plan", str(plan.path), "-i", str(i),
+               "-a", addresses]  # fmt: skip
+        with open(logs / f"worker-{i}.log", "ab") as log:
+            env = {**os.environ, **settings.as_env()}
+            procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env))
+    with _progress(plan):
+        for proc in procs:
+            proc.wait()
     failed = [i for i, p in enumerate(procs) if p.returncode != 0]
     if failed:
         tail = (logs / f"worker-{failed[0]}.log").read_text(errors="replace")[-2000:]

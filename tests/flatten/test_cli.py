@@ -82,3 +82,36 @@ def test_two_worker_processes_give_the_same_tables_as_one(files: list[Path], tmp
     assert a.keys() == b.keys() and len(a["trips"]) == 600
     for name in a:
         assert a[name] == b[name], name
+
+
+def test_plan_once_run_workers_as_hosts_would_then_finish(files: list[Path], tmp_path: Path) -> None:
+    """The several-hosts procedure of the README, with two local processes standing in for two hosts."""
+    from stack.procs import free_port
+
+    out = tmp_path / "lake"
+    planned = flatten(*files, "--dataset", "trips", "--out", out, "--plan-only")
+    assert planned.returncode == 0, planned.stdout
+    plan = next(out.glob("_staging/trips/r*/plan.json"))
+    addresses = f"127.0.0.1:{free_port()};127.0.0.1:{free_port()}"
+    workers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cli.main",
+                "flow",
+                "flatten",
+                "--plan",
+                str(plan),
+                "-i",
+                str(i),
+                "-a",
+                addresses,
+            ]
+        )
+        for i in range(2)
+    ]
+    assert [w.wait(timeout=120) for w in workers] == [0, 0]
+    finished = flatten("--finish", plan)
+    assert finished.returncode == 0, finished.stdout
+    assert len(read_tables(out)["trips"]) == 600
