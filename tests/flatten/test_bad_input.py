@@ -83,3 +83,25 @@ def test_json_array_files_plain_and_gzip_report_element_lines(tmp_path: Path) ->
     assert [(Path(e["file"]).name, e["reason"]) for e in report["errors"]] == [
         ("export2.json.gz", "truncated")
     ]
+
+
+def test_bad_lines_and_mixed_kinds_keep_a_chunk_in_few_large_reads() -> None:
+    """Bad lines are blanked and mixed kinds grouped, so a dirty chunk is not re-read row by row."""
+    import orjson
+
+    from enrich.flatten.arrow.chunk import Chunk, Flattener, Options
+    from enrich.flatten.policy import parse_policies
+    from enrich.flatten.schema import struct
+    from simulator.trips import trip_reports
+
+    lines = [orjson.dumps(r) for r in trip_reports(3000)]
+    dirty = [
+        b"garbage" if i % 97 == 5 else line.replace(b'"distance_km":', b'"distance_km":"x","was":') if i % 31 == 3
+        else line
+        for i, line in enumerate(lines)
+    ]  # fmt: skip
+    engine = Flattener(struct(), parse_policies({}), Options("trips", 1, threads=False), first_run=True)
+    result = engine.process(Chunk(1, "dirty.jsonl", 0, b"\n".join(dirty) + b"\n"))
+    assert len(result.pieces) == 2  # the numbers and the strings at trip.route.distance_km
+    assert sorted(b["line"] for b in result.bad) == [i + 1 for i in range(3000) if i % 97 == 5]
+    assert result.records == 3000 - len(result.bad) == result.rows["trips"]

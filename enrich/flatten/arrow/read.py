@@ -17,11 +17,13 @@ as one block (only on the error path).
 
 from __future__ import annotations
 
-import io
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.json as pj
 
@@ -30,7 +32,8 @@ from enrich.flatten.schema import Node
 _CONFLICT = re.compile(r"Column\((?P<col>.*)\) changed from (?P<old>\w+) to (?P<new>\w+) in row (?P<row>\d+)")
 _ROW = re.compile(r"in row (?P<row>\d+)")
 _TIMESTAMP_HINT = "timestamp"
-MAX_SPLITS = 64  # per chunk; past it the rest of the chunk is read line by line
+MAX_SPLITS = 64  # per window; past it the rest of the window is read line by line
+WINDOW = 1 << 20  # after a failure, the rest of a chunk is read in windows of this many bytes
 
 
 @dataclass(slots=True)
@@ -151,7 +154,7 @@ def error_path(col: str, schema: pa.Schema) -> str | None:
 # ------------------------------------------------------------------------------------------ reading
 
 
-def _read(data: bytes, schema: pa.Schema | None, *, one_block: bool, threads: bool) -> pa.Table:
+def _read(data: bytes | bytearray, schema: pa.Schema | None, *, one_block: bool, threads: bool) -> pa.Table:
     block = max(len(data) + 1, 1 << 20) if one_block else 8 << 20
     ropts = pj.ReadOptions(use_threads=threads and not one_block, block_size=block)
     popts = (
@@ -159,10 +162,10 @@ def _read(data: bytes, schema: pa.Schema | None, *, one_block: bool, threads: bo
         if schema is not None and len(schema)
         else pj.ParseOptions()
     )
-    return pj.read_json(io.BytesIO(data), read_options=ropts, parse_options=popts)
+    return pj.read_json(pa.BufferReader(pa.py_buffer(data)), read_options=ropts, parse_options=popts)
 
 
-def _fix_timestamps(table: pa.Table, data: bytes) -> pa.Table:
+def _fix_timestamps(table: pa.Table, data: bytes | bytearray) -> pa.Table:
     """Strings that the reader took for timestamps are read again as strings (they stay as written)."""
     if not any(_TIMESTAMP_HINT in str(f.type) or "date" in str(f.type) for f in table.schema):
         return table
@@ -170,7 +173,7 @@ def _fix_timestamps(table: pa.Table, data: bytes) -> pa.Table:
     return _read(data, fixed, one_block=False, threads=True)
 
 
-def line_starts(data: bytes) -> np.ndarray:
+def line_starts(data: bytes | bytearray) -> np.ndarray:
     """Byte offset where each line of ``data`` starts (``data`` ends with a newline)."""
     nl = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 10)
     return np.concatenate(([0], nl[:-1] + 1)).astype(np.int64)
@@ -186,15 +189,16 @@ class ChunkReader:
     def read(self, data: bytes, schema: Node, newlines: int | None = None) -> Parsed:
         """``data``: lines ending in ``\\n``. Blank lines are skipped (they are not records)."""
         out = Parsed()
-        skip: set[int] = set()
+        span = _Span(self, data, schema, out, newlines)
         bad_utf8 = _utf8_errors(data)
         if bad_utf8:
-            skip = set(_line_of_offsets(_starts(data, out), bad_utf8))
-            out.bad.extend(BadLine(r, "invalid_utf8", "not valid UTF-8") for r in sorted(skip))
-        _Span(self, data, schema, out, newlines).run(0, len(data), skip)
+            rows = sorted(set(_line_of_offsets(_starts(data, out), bad_utf8)))
+            out.bad.extend(BadLine(r, "invalid_utf8", "not valid UTF-8") for r in rows)
+            span.blank(rows)
+        span.run(0, len(data))
         return out
 
-    def _read_holey(self, span: bytes, schema: Node) -> pa.Table:
+    def _read_holey(self, span: bytes | bytearray, schema: Node) -> pa.Table:
         """Read with the explicit schema; conflicts at explicit paths become holes (sticky)."""
         from enrich.flatten.schema import paths
 
@@ -219,17 +223,25 @@ class ChunkReader:
 
 
 class _Span:
-    """The recursion over byte spans of whole lines of one chunk."""
+    """The recursion over byte spans of whole lines of one chunk.
 
-    def __init__(
-        self, reader: ChunkReader, data: bytes, schema: Node, out: Parsed, newlines: int | None
-    ) -> None:
-        self.newlines = newlines
+    Bad lines are blanked out (replaced by spaces in a copy, so offsets and line numbers stay) rather than
+    cut out, and lines whose values have another JSON kind at a conflicting path are read as a group of
+    their own: either way a chunk stays a few large reads. Only what these cannot place is found by
+    re-reading around the failing row (``split``), in windows once something failed.
+    """
+
+    def __init__(self, reader: ChunkReader, data: bytes | bytearray, schema: Node, out: Parsed,
+                 newlines: int | None) -> None:  # fmt: skip
         self.reader = reader
         self.data = data
         self.schema = schema
         self.out = out
+        self.newlines = newlines
         self.splits = 0
+        self.failed = False
+        self.validated = False
+        self.grouped: set[str] = set()
 
     def lines(self, lo: int, hi: int) -> range:
         starts = _starts(self.data, self.out)
@@ -239,18 +251,33 @@ class _Span:
         starts = _starts(self.data, self.out)
         return int(starts[row + 1]) if row + 1 < len(starts) else len(self.data)
 
-    def nonblank(self, lo: int, hi: int) -> list[int]:
-        starts = _starts(self.data, self.out)
-        return [r for r in self.lines(lo, hi) if self.data[int(starts[r]) : self.end_of(r)].strip()]
+    def line(self, row: int) -> bytes:
+        return bytes(self.data[int(_starts(self.data, self.out)[row]) : self.end_of(row)])
 
-    def run(self, lo: int, hi: int, skip: set[int]) -> None:
-        starts = _starts(self.data, self.out) if skip else None
-        for row in sorted(skip):  # cut out rows already known to be bad
-            assert starts is not None
-            if lo < int(starts[row]):
-                self.run(lo, int(starts[row]), set())
-            lo = self.end_of(row)
+    def nonblank(self, lo: int, hi: int) -> list[int]:
+        return [r for r in self.lines(lo, hi) if not self.line(r).isspace()]
+
+    def blank(self, rows: list[int]) -> None:
+        """Replace these lines by spaces (the reader skips blank lines; offsets stay)."""
+        if not rows:
+            return
+        if not isinstance(self.data, bytearray):
+            self.data = bytearray(self.data)
+        starts = _starts(self.data, self.out)
+        for r in rows:
+            lo, hi = int(starts[r]), self.end_of(r) - 1  # keep the newline
+            self.data[lo:hi] = b" " * (hi - lo)
+        self.newlines = None
+
+    def run(self, lo: int, hi: int, *, window: bool = False) -> None:
         while lo < hi:
+            if self.failed and not window and hi - lo > WINDOW:  # after a failure: windows, small re-reads
+                cut = self.data.find(b"\n", lo + WINDOW, hi)
+                end = hi if cut < 0 else cut + 1
+                outer, self.splits = self.splits, 0
+                self.run(lo, end, window=True)
+                self.splits, lo = outer, end
+                continue
             if self.splits > MAX_SPLITS:
                 for row in self.lines(lo, hi):
                     self.one(row)
@@ -261,13 +288,80 @@ class _Span:
             try:
                 table = self.reader._read_holey(span, self.schema)
             except pa.ArrowInvalid as exc:
+                msg = str(exc)
+                m = _CONFLICT.search(msg)
+                if m is None or _is_syntax(msg):
+                    if not self.validated:  # find every syntactically bad line of the span in one pass
+                        self.validated = True
+                        if self.blank_invalid(lo, hi):
+                            continue
+                elif m["col"] not in self.grouped:
+                    self.grouped.add(m["col"])
+                    outcome = self.by_kind(lo, hi, m["col"])
+                    if outcome == "done":
+                        return
+                    if outcome == "retry":
+                        continue
+                self.failed = True
                 self.splits += 1
-                lo = self.split(lo, hi, span, str(exc))
+                lo = self.split(lo, hi, span, msg)
                 continue
             self.add(table, lo, hi)
             return
 
-    def split(self, lo: int, hi: int, span: bytes, msg: str) -> int:
+    def blank_invalid(self, lo: int, hi: int) -> bool:
+        bad = []
+        for r in self.nonblank(lo, hi):
+            line = self.line(r)
+            try:
+                doc = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                self.out.bad.append(BadLine(r, _bad_reason(line, str(exc)), str(exc)))
+                bad.append(r)
+                continue
+            if not isinstance(doc, dict):
+                self.out.bad.append(BadLine(r, "not_an_object", "a line must hold one JSON object"))
+                bad.append(r)
+        self.blank(bad)
+        return bool(bad)
+
+    def by_kind(self, lo: int, hi: int, col: str) -> Literal["done", "retry", "no"]:
+        """Mixed JSON kinds at ``col`` in the span: read the lines of each kind as a group of their own."""
+        parts = [p for p in col.strip("/").split("/") if p]
+        groups: dict[str | None, list[int]] = {}
+        bad: list[int] = []
+        for r in self.nonblank(lo, hi):
+            line = self.line(r)
+            try:
+                doc = orjson.loads(line)
+            except orjson.JSONDecodeError as exc:
+                self.out.bad.append(BadLine(r, _bad_reason(line, str(exc)), str(exc)))
+                bad.append(r)
+                continue
+            kinds = {_kind(v) for v in _values_at(doc, parts)} - {"null"}
+            if len(kinds) > 1:
+                self.out.bad.append(BadLine(r, "mixed_types", f"mixed types inside one record at {col}"))
+                bad.append(r)
+                continue
+            groups.setdefault(next(iter(kinds)) if kinds else None, []).append(r)
+        self.blank(bad)
+        if None in groups and len(groups) > 1:  # lines without a value there go with the first kind
+            loose = groups.pop(None)
+            groups[next(iter(groups))] += loose
+        if len(groups) < 2:
+            return "retry" if bad else "no"
+        keep = set()
+        for rows in groups.values():
+            keep |= set(rows)
+        for rows in groups.values():
+            sub = _Span(self.reader, bytes(self.data), self.schema, self.out, None)
+            sub.grouped = self.grouped | {col}
+            sub.validated = True
+            sub.blank(sorted(keep - set(rows)))
+            sub.run(lo, hi)
+        return "done"
+
+    def split(self, lo: int, hi: int, span: bytes | bytearray, msg: str) -> int:
         """Find the failing row by reading as one block; read the rows before it; return where to go on."""
         try:
             _read(span, explicit_schema(self.schema, self.reader.holes), one_block=True, threads=False)
@@ -283,17 +377,19 @@ class _Span:
             return hi
         bad = rows[row]
         bad_start = int(_starts(self.data, self.out)[bad])
-        if row > 0:  # the rows before it are consistent: one piece
-            self.run(lo, bad_start, set())
+        if row > 0:  # the rows before it parsed together: one piece
+            try:
+                self.add(self.reader._read_holey(self.data[lo:bad_start], self.schema), lo, bad_start)
+            except pa.ArrowInvalid:
+                self.run(lo, bad_start, window=True)
             if _CONFLICT.search(msg) and not _is_syntax(msg):
                 return bad_start  # mixed types: the rest starts a new piece with its own types
         self.one(bad)
         return self.end_of(bad)
 
     def one(self, row: int) -> None:
-        starts = _starts(self.data, self.out)
-        line = self.data[int(starts[row]) : self.end_of(row)]
-        if not line.strip():
+        line = self.line(row)
+        if line.isspace():
             return
         try:
             table = self.reader._read_holey(line, self.schema)
@@ -314,11 +410,9 @@ class _Span:
         self.out.pieces.append(Piece(table, np.array([row], dtype=np.int64)))
 
     def add(self, table: pa.Table, lo: int, hi: int) -> None:
-        data = self.data
-        whole = lo == 0 and hi == len(data)
-        newlines = self.newlines if whole and self.newlines is not None else data.count(b"\n", lo, hi)
-        if self.out.line_starts is None and lo == 0 and hi == len(data) and table.num_rows == newlines:
-            self.out.pieces.append(Piece(table, np.arange(newlines, dtype=np.int64)))  # the usual case
+        whole = lo == 0 and hi == len(self.data)
+        if whole and self.newlines is not None and table.num_rows == self.newlines:
+            self.out.pieces.append(Piece(table, np.arange(self.newlines, dtype=np.int64)))  # the usual case
             return
         rows = self.nonblank(lo, hi)
         if len(rows) != table.num_rows:  # several objects on one line: find it line by line
@@ -328,15 +422,41 @@ class _Span:
         self.out.pieces.append(Piece(table, np.asarray(rows, dtype=np.int64)))
 
 
-def _starts(data: bytes, out: Parsed) -> np.ndarray:
+def _kind(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    return "object" if isinstance(value, dict) else "array"
+
+
+def _values_at(doc: object, parts: list[str]) -> Iterator[object]:
+    """The values at a reader error path (``trip/route/segments/[]/road``) in a decoded document; a field
+    name that contains ``/`` is matched by trying longer names."""
+    if not parts:
+        yield doc
+        return
+    if parts[0] == "[]":
+        if isinstance(doc, list):
+            for item in doc:
+                yield from _values_at(item, parts[1:])
+        return
+    if isinstance(doc, dict):
+        for j in range(1, len(parts) + 1):
+            name = "/".join(parts[:j])
+            if name in doc:
+                yield from _values_at(doc[name], parts[j:])
+                return
+
+
+def _starts(data: bytes | bytearray, out: Parsed) -> np.ndarray:
     if out.line_starts is None:
         out.line_starts = line_starts(data)
     return out.line_starts
-
-
-def _line(data: bytes, starts: np.ndarray, row: int) -> bytes:
-    end = int(starts[row + 1]) if row + 1 < len(starts) else len(data)
-    return data[int(starts[row]) : end]
 
 
 def _is_syntax(msg: str) -> bool:
@@ -355,26 +475,22 @@ def _bad_reason(line: bytes, msg: str) -> str:
 
 
 def _utf8_errors(data: bytes) -> list[int]:
-    """Byte offsets of invalid UTF-8 sequences (one per bad spot)."""
+    """Byte offsets of the lines that are not valid UTF-8."""
     if data.isascii():  # the usual case, and a fast scan
         return []
     try:
         data.decode("utf-8")
         return []
-    except UnicodeDecodeError:
-        pass
+    except UnicodeDecodeError as exc:
+        first = data.rfind(b"\n", 0, exc.start) + 1
     out: list[int] = []
-    pos = 0
-    while pos < len(data):
+    pos = first
+    for line in data[first:].split(b"\n"):  # linear: each line on its own from the first bad one
         try:
-            data[pos:].decode("utf-8")
-            break
-        except UnicodeDecodeError as exc:
-            out.append(pos + exc.start)
-            nxt = data.find(b"\n", pos + exc.start)
-            if nxt < 0:
-                break
-            pos = nxt + 1
+            line.decode("utf-8")
+        except UnicodeDecodeError:
+            out.append(pos)
+        pos += len(line) + 1
     return out
 
 
