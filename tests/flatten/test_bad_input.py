@@ -95,11 +95,11 @@ def test_bad_lines_and_mixed_kinds_keep_a_chunk_in_few_large_reads() -> None:
     from simulator.trips import trip_reports
 
     lines = [orjson.dumps(r) for r in trip_reports(3000)]
+    as_string = (b'"distance_km":', b'"distance_km":"x","was":')
     dirty = [
-        b"garbage" if i % 97 == 5 else line.replace(b'"distance_km":', b'"distance_km":"x","was":') if i % 31 == 3
-        else line
+        b"garbage" if i % 97 == 5 else line.replace(*as_string) if i % 31 == 3 else line
         for i, line in enumerate(lines)
-    ]  # fmt: skip
+    ]
     engine = Flattener(struct(), parse_policies({}), Options("trips", 1, threads=False), first_run=True)
     result = engine.process(Chunk(1, "dirty.jsonl", 0, b"\n".join(dirty) + b"\n"))
     assert len(result.pieces) == 2  # the numbers and the strings at trip.route.distance_km
