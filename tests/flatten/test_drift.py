@@ -117,3 +117,31 @@ def test_mixed_types_inside_one_batch_are_drift_not_a_crash(tmp_path: Path) -> N
     assert [r["a.v"] for r in rows] == [1, 2, None, 4, None]
     assert [r.get("a.v__v_string") for r in rows] == [None, None, "three", None, None]
     assert [r.get("a.v__v_list_int64") for r in rows] == [None, None, None, None, [5]]
+
+
+def test_freeze_rejects_the_change_and_discard_value_keeps_the_row(
+    batches: tuple[Path, Path], tmp_path: Path
+) -> None:
+    frozen, discarded = tmp_path / "frozen", tmp_path / "discarded"
+    for out in (frozen, discarded):
+        run_job([batches[0]], out, dataset="trips")
+    r = run_job(
+        [batches[1]], frozen, dataset="trips", policy_overrides={"added": "freeze", "incompatible": "freeze"}
+    )
+    assert {(f["change"], f["policy"]) for f in r["drift"]} >= {
+        ("added", "freeze"),
+        ("incompatible", "freeze"),
+    }
+    assert r["quarantined"] == N2  # every record of batch 2 carries a rejected change
+    q = read_tables(frozen)["_quarantine"]
+    # a record is quarantined for its first rejected change (walk order: distance_km before segments)
+    assert {(row["reason"], row["path"]) for row in q} == {("frozen: incompatible", "trip.route.distance_km")}
+    v2 = FileSchemaRegistry(frozen / "_registry").get("trips", 2).schema
+    segment = v2["fields"]["trip"]["fields"]["route"]["fields"]["segments"]["item"]["fields"]
+    assert "surface" not in segment  # the frozen schema did not take the new field
+
+    r = run_job([batches[1]], discarded, dataset="trips", policy_overrides={"incompatible": "discard_value"})
+    assert r["quarantined"] == 0 and r["dropped_values"] == {"trip.route.distance_km": N2}
+    rows = [row for row in read_tables(discarded)["trips"] if row["_run"] == 2]
+    assert len(rows) == N2 and all(row["trip.route.distance_km"] is None for row in rows)
+    assert not any("trip.route.distance_km__v_string" in row for row in rows)

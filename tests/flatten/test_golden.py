@@ -29,3 +29,14 @@ def test_golden_case(case: str, tmp_path: Path) -> None:
         expected_file.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
     expected = json.loads(expected_file.read_text())
     assert json.loads(json.dumps(got, sort_keys=True)) == expected
+
+
+def test_separator_and_scalar_lists_options(tmp_path: Path) -> None:
+    src = GOLDEN / "scalar_arrays" / "input.jsonl"
+    run_job([src], tmp_path / "a", dataset="s", sep="__", scalar_lists="column")
+    tables = read_tables(tmp_path / "a")
+    assert list(tables) == ["s"]  # arrays of scalars stay list columns: no child tables
+    assert [r["tags"] for r in tables["s"]] == [["toll", "bridge"], ["night"]]
+    nested = GOLDEN / "five_levels" / "input.jsonl"
+    run_job([nested], tmp_path / "b", dataset="n", sep="__")
+    assert "a__b__c__d__e" in read_tables(tmp_path / "b")["n"][0]
