@@ -106,14 +106,24 @@ def kind_of(path: Path) -> Kind:
 
 
 def chunks(path: Path, unit: int, batch_bytes: int, *, json_column: str | None = None) -> Iterator[Chunk]:
-    """The chunks of one source file. An empty file yields one chunk with an ``empty_file`` bad record."""
-    kind = kind_of(path)
-    if kind == "parquet":
-        yield from _parquet(path, unit, batch_bytes, json_column)
-    elif kind == "json":
-        yield from _json_array(path, unit, batch_bytes)
-    else:
-        yield from _json_lines(path, unit, batch_bytes)
+    """The chunks of one source file. An empty file yields one chunk with an ``empty_file`` bad record; a
+    file that cannot be read (gone since the plan, no permission, corrupt gzip) ends with an
+    ``unreadable`` one — the run goes on with the other files."""
+    index = 0
+    try:
+        kind = kind_of(path)
+        if kind == "parquet":
+            inner = _parquet(path, unit, batch_bytes, json_column)
+        elif kind == "json":
+            inner = _json_array(path, unit, batch_bytes)
+        else:
+            inner = _json_lines(path, unit, batch_bytes)
+        for chunk in inner:
+            index = chunk.index + 1
+            yield chunk
+    except (OSError, EOFError, KeyError) as exc:
+        yield Chunk(unit, str(path), index, b"", bad=[(0, "unreadable", f"{type(exc).__name__}: {exc}", b"")],
+                    last=True)  # fmt: skip
 
 
 def _json_lines(path: Path, unit: int, batch_bytes: int) -> Iterator[Chunk]:

@@ -105,3 +105,15 @@ def test_bad_lines_and_mixed_kinds_keep_a_chunk_in_few_large_reads() -> None:
     assert len(result.pieces) == 2  # the numbers and the strings at trip.route.distance_km
     assert sorted(b["line"] for b in result.bad) == [i + 1 for i in range(3000) if i % 97 == 5]
     assert result.records == 3000 - len(result.bad) == result.rows["trips"]
+
+
+def test_a_file_that_cannot_be_read_is_reported_and_the_run_goes_on(tmp_path: Path) -> None:
+    good = tmp_path / "good.jsonl"
+    good.write_bytes(GOOD % (1, 1))
+    corrupt = tmp_path / "corrupt.jsonl.gz"
+    corrupt.write_bytes(b"\x1f\x8b" + b"definitely not deflate data" * 10)
+    report = run_job([good, corrupt], tmp_path / "out", dataset="c")
+    assert [(Path(e["file"]).name, e["reason"]) for e in report["errors"]] == [
+        ("corrupt.jsonl.gz", "unreadable")
+    ]
+    assert [r["id"] for r in read_tables(tmp_path / "out")["c"]] == [1]
