@@ -84,7 +84,12 @@ def flatten(
         Path | None, typer.Option("--finish", help="Finish a run planned with --plan-only")
     ] = None,
 ) -> None:
-    """Flatten nested JSON into relational Parquet tables; track the schema; alert on drift."""
+    """Flatten nested JSON into relational Parquet tables; track the schema; alert on drift.
+
+    Exit codes: 0 completed without drift; 3 completed with schema drift; 4 completed without drift but
+    some input was rejected (see the report's errors and the _quarantine table); 5 drift and rejected
+    input; 1 failed (nothing of the run published); 2 bad usage.
+    """
     from flows import flatten_job as job
 
     settings = get_settings()
