@@ -9,8 +9,8 @@ new type.
 Reported drift, relative to the latest registry version:
 
 * ``added`` — a path the version does not have (type: the widest seen in the run);
-* ``removed`` — a path the version has with a type, whose parent was present in the run but which
-  never held a value;
+* ``removed`` — a path the version has as never-null, whose parent was present in the run but which
+  never held a value (a path that was sometimes null before and is only null now is not reported);
 * ``widened`` / ``incompatible`` / ``shape`` / ``nullability`` — a registry path whose values changed;
 * mixed types on one path within the run (also on a path new in this run) are ``incompatible`` or ``shape``.
 
@@ -181,8 +181,10 @@ def _removed(
 ) -> None:
     mode = policies["removed"]
     for path, node in known.items():
-        if node.type == "null" or path.endswith("[]") or totals.get(path, (0, 0))[0] > 0:
-            continue  # (items of arrays that were all empty in this run are not "removed")
+        if node.type == "null" or node.nullable or path.endswith("[]") or totals.get(path, (0, 0))[0] > 0:
+            # a path that was sometimes null before and only null now is not evidence of removal, nor are
+            # the items of arrays that were all empty in this run
+            continue
         parent = parent_path(path)
         present = records if not parent else totals.get(parent, (0, 0))[0]
         if present == 0 or parent_path(path) in {p for (p, c) in findings if c == "removed"}:

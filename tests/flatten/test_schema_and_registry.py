@@ -181,3 +181,18 @@ def test_a_run_that_crashed_while_publishing_is_rolled_forward(
     assert [r.status for r in reg.runs("d")] == ["published", "planned"] and reg.versions("d") == [1]
     assert [r["id"] for r in read_tables(out)["d"]] == [1, 2]
     assert nxt.run == 2 and nxt.version_before == 1
+
+
+def test_removed_only_for_fields_that_always_came_before() -> None:
+    from enrich.flatten.findings import PieceRecord, finish
+
+    registry = registry_schema({"id": "int64", "driver": {"name": "string"}, "lanes": "int64"})
+    assert registry.fields is not None
+    registry.fields["driver"].nullable = True  # sometimes null before
+    batch = tree({"id": "int64", "driver": {"name": "string"}})
+    stats = {"id": (10, 0), "driver": (0, 10), "driver.name": (0, 10)}  # every driver null now
+    out = finish(registry, [PieceRecord((1, 0, 0), batch.to_doc(), stats)], [], DEFAULT, {})
+    assert [(f.path, f.change) for f in out.findings] == [("lanes", "removed")]
+    assert (
+        out.schema.fields is not None and "lanes" not in out.schema.fields and "driver" in out.schema.fields
+    )
