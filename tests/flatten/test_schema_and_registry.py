@@ -190,7 +190,7 @@ def test_removed_only_for_fields_that_always_came_before() -> None:
     assert registry.fields is not None
     registry.fields["driver"].nullable = True  # sometimes null before
     batch = tree({"id": "int64", "driver": {"name": "string"}})
-    stats = {"id": (10, 0), "driver": (0, 10), "driver.name": (0, 10)}  # every driver null now
+    stats = {"id": (10, 0), "driver": (0, 10), "driver.name": (0, 0)}  # every driver null now
     out = finish(registry, [PieceRecord((1, 0, 0), batch.to_doc(), stats)], [], DEFAULT, {})
     assert [(f.path, f.change) for f in out.findings] == [("lanes", "removed")]
     assert (
