@@ -80,25 +80,33 @@ def email_content(n: Notification) -> tuple[str, str, str]:
     names = sorted({a.labels.get("alertname", "alert") for a in alerts})
     cars = sorted({a.labels.get("car_id", "?") for a in alerts})
     subject = f"[{status}] {', '.join(names)} - car {', '.join(cars)}"
+    datasets = sorted(
+        {a.labels["dataset"] for a in alerts if "dataset" in a.labels and "car_id" not in a.labels}
+    )
+    if datasets and cars == ["?"]:  # fleet-level alerts (schema drift): about a dataset, not a car
+        subject = f"[{status}] {', '.join(names)} - dataset {', '.join(datasets)}"
     lines, rows = [], []
     for a in alerts:
         ann = a.event.get("annotations", {})
         car = (a.event.get("snapshot") or {}).get("car") or {}
         what = ann.get("summary", a.labels.get("alertname", ""))
         detail = f"{car.get('model', '')} {car.get('plate', '')}".strip()
-        lines.append(
-            f"- [{a.status}] {what} (car {a.labels.get('car_id')} {detail}) since {_iso(a.starts_at)}"
-        )
+        about = f" (car {a.labels.get('car_id')} {detail})" if "car_id" in a.labels else ""
+        lines.append(f"- [{a.status}] {what}{about} since {_iso(a.starts_at)}")
         rows.append(
             f"<tr><td>{html.escape(a.status)}</td><td>{html.escape(what)}</td>"
             f"<td>{html.escape(a.labels.get('car_id', ''))} {html.escape(detail)}</td>"
             f"<td>{_iso(a.starts_at)}</td></tr>"
         )
-    text = f"{subject}\n\n" + "\n".join(lines) + "\n"
+    details = [str(a.event["annotations"]["description"]) for a in alerts
+               if (a.event.get("annotations") or {}).get("description")]  # fmt: skip
+    text = f"{subject}\n\n" + "\n".join(lines) + "\n" + "".join(f"\n{d}\n" for d in details)
     body = (
         f"<html><body><h2>{html.escape(subject)}</h2><table border='1' cellpadding='4'>"
         "<tr><th>status</th><th>what</th><th>car</th><th>since</th></tr>"
         + "".join(rows)
-        + "</table></body></html>"
+        + "</table>"
+        + "".join(f"<pre>{html.escape(d)}</pre>" for d in details)
+        + "</body></html>"
     )
     return subject, text, body

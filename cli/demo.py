@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.demo_alerts import LocalReceivers, show_deliveries, start_alerts_worker
+from cli.demo_flatten import run_flatten_demo
 from enrich.settings import Settings
 from simulator.run import SimConfig, Simulation
 from simulator.scenarios import SCENARIOS
@@ -230,6 +231,8 @@ def run_demo(settings: Settings, console: Console, *, vehicles: int, rate: float
     while time.monotonic() < deadline and len(receivers.hooks) < fired:
         time.sleep(0.5)
     show_deliveries(console, receivers)
+    cars = [(c.car_id, c.model, c.fleet) for c in sim.fleet.cars.values()]
+    run_flatten_demo(settings, console, receivers, cars, Path(settings.state_dir) / "demo-flatten")
     receivers.close()
     history = Path(settings.history_dir or Path(settings.state_dir) / "history")
     deadline = time.monotonic() + 3 * settings.snapshot_interval_s

@@ -64,11 +64,15 @@ def start_alerts_worker(settings: Settings, rx: LocalReceivers, log_dir: Path) -
             "receiver": "ops-webhook", "group_by": ["alertname", "car_id"], "group_wait": "1s",
             "group_interval": "5s", "repeat_interval": "4h",
             "routes": [{"matchers": ['audience="customer"'], "receiver": "customer-email", "continue": True},
+                       {"matchers": ['alertname="schema-drift"'], "receiver": "ops",
+                        "group_by": ["alertname", "dataset"]},
                        {"receiver": "ops-webhook"}],
         },
         "receivers": [
             {"name": "customer-email", "email": {"to_customer": True}},
             {"name": "ops-webhook", "webhook": {"url": rx.hook_url, "secrets": [new_secret()]}},
+            {"name": "ops", "email": {"to": ["fleet-ops@localhost"]},
+             "webhook": {"url": rx.hook_url, "secrets": [new_secret()]}},
         ],
         "allow_private_targets": ["127.0.0.0/8"],
     }  # fmt: skip

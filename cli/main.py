@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.alerts import alerts_app
+from cli.flatten import flatten as flatten_command
 from cli.flows import flow_app, snapshot_app
 from cli.health import health_app
 from enrich.settings import get_settings
@@ -25,6 +26,7 @@ app.add_typer(flow_app, name="flow")
 app.add_typer(snapshot_app, name="snapshot")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(health_app, name="health")
+app.command("flatten")(flatten_command)
 console = Console(soft_wrap=True)
 
 

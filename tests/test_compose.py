@@ -52,6 +52,7 @@ EXPECTED_COMMANDS: dict[str, list[str]] = {
     "alerts": ["enrich", "alerts", "run"],
     "api": ["enrich", "api"],
     "simulator": ["enrich", "simulate"],
+    "flatten": ["enrich", "flatten"],
 }
 WORKERS = ("snapshot-flow", "enrich-flow", "alerts", "api", "simulator")
 FLOWS = ("snapshot-flow", "enrich-flow")
@@ -289,7 +290,21 @@ def test_simulator_is_a_demo_profile_service() -> None:
         "device-silent",
     ]
     profiled = {name for name, svc in services(load_compose()).items() if svc.get("profiles")}
-    assert profiled == {"simulator"}, "only the simulator is optional"
+    assert profiled == {"simulator", "flatten"}, "only the simulator and the batch job are optional"
+
+
+def test_flatten_is_a_batch_job_with_its_volumes_and_known_options() -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    flatten = services(load_compose())["flatten"]
+    assert flatten.get("profiles") == ["batch"] and flatten.get("restart") == "no"
+    assert {"flatten-in:/data/in:ro", "flatten-tables:/data/tables"} <= set(flatten["volumes"])
+    cmd = command(flatten)
+    usage = CliRunner().invoke(app, ["flatten", "--help"], terminal_width=200).output
+    for option in (c for c in cmd if c.startswith("--")):
+        assert option in usage, f"enrich flatten has no {option}"
 
 
 def test_kafka_is_a_single_kraft_node() -> None:
