@@ -233,6 +233,13 @@ class StateCore:
         self._finish(touched, out, wall_ms)
         return out
 
+    def finish(self, wall_ms: int) -> StateOut:
+        """The end of a bounded input: every partition has been read, so all of them count as idle —
+        held events are released and deadlines before the newest event time are evaluated."""
+        for partition, progress in list(self.watermark.progress.items()):
+            self.watermark.observe(partition, progress, True)
+        return self.process(BucketInput({}, "", 0), wall_ms)
+
     # -- cars on several partitions: events in event-time order ----------------------------------------
     def _hold(self, cs: CarState, ce: CarEvents, wall_ms: int, out: StateOut) -> None:
         """A car whose devices report on several partitions sees its events in (time, sequence, device)

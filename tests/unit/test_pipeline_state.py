@@ -280,3 +280,13 @@ def test_watermark_idleness_and_monotony() -> None:
     assert wm.observe("b", 50, True) == 300  # b is idle
     assert wm.observe("b", 200, False) == 300  # b is back, behind: still never backwards
     assert wm.observe("a", 400, True) == 300 and wm.observe("b", 350, True) == 401  # all idle: past newest
+
+
+def test_the_end_of_a_bounded_input_releases_what_waits_for_other_partitions() -> None:
+    core = StateCore(engine("headlights-left-on"), Devices(t1=1, b1=1))
+    feed(core, "p1", [(1, Telemetry("b1", T0, 1, {"Vehicle.Speed": 0.0}))])
+    held = feed(core, "p0", [(1, Telemetry("t1", T0 + i * 10_000, i, parked(True))) for i in range(1, 10)])
+    assert held.states == {} and core.cars[1].held  # p1 has not got past them yet
+    end = core.finish(0)
+    assert orjson.loads(end.states[1])["signals"][LIGHTS]["ts"] == T0 + 90_000
+    assert outliers(end) == [("headlights-left-on", "firing", T0 + 10_000, None)]
