@@ -20,6 +20,8 @@ from enrich.pipeline.state import StateOut
 from enrich.settings import Settings
 from flows import metrics
 from flows.kafka_io import KafkaWriter
+from stores.vehicles import VehicleStateWrite
+from stores.vehicles.redis_writer import RedisVehicleWriter
 
 STATE_BUCKETS = 16
 SINK_PARTITIONS = 16
@@ -30,15 +32,15 @@ class _StatePartition(StatefulSinkPartition[StateOut, None]):
     computes the next batch while Redis applies this one; ``snapshot`` waits for both outputs."""
 
     def __init__(self, settings: Settings) -> None:
-        self.client = redis.Redis.from_url(settings.redis_url)
-        self.prefix = settings.state_prefix
+        self.store = RedisVehicleWriter(redis.Redis.from_url(settings.redis_url), settings.state_prefix)
         self.outliers = KafkaWriter(settings.kafka_bootstrap, settings.topic_outliers)
         self._unflushed = 0
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="state-writer")
         self._pending: list[Future[None]] = []
 
-    def _write_states(self, latest: dict[str, bytes]) -> None:
-        self.client.mset(latest)
+    def _write_states(self, latest: dict[int, VehicleStateWrite], outliers: list[bytes]) -> None:
+        # states, their indexes, incidents and the change stream: one round trip (stores/vehicles)
+        self.store.write_batch(latest, outliers)
         metrics.STATE_WRITES.inc(len(latest))
 
     def _wait(self) -> None:
@@ -48,12 +50,11 @@ class _StatePartition(StatefulSinkPartition[StateOut, None]):
 
     def write_batch(self, items: list[StateOut]) -> None:
         start = time.perf_counter()
-        latest: dict[str, bytes] = {}
+        latest: dict[int, VehicleStateWrite] = {}
         alerts: list[tuple[bytes | None, bytes]] = []
-        prefix = self.prefix
         for out in items:
             for car, body in out.states.items():
-                latest[f"{prefix}car:{car}"] = body  # coalesce: one write per vehicle per batch
+                latest[car] = VehicleStateWrite(body)  # coalesce: one write per vehicle per batch
             for car, body in out.outliers:
                 alerts.append((str(car).encode(), body))
         if alerts:
@@ -61,7 +62,7 @@ class _StatePartition(StatefulSinkPartition[StateOut, None]):
             self.outliers.poll()
             self._unflushed += len(alerts)
             metrics.OUTLIERS.inc(len(alerts))
-        if latest:
+        if latest or alerts:
             still = []
             for f in self._pending:
                 if f.done():
@@ -69,7 +70,7 @@ class _StatePartition(StatefulSinkPartition[StateOut, None]):
                 else:
                     still.append(f)
             self._pending = still
-            self._pending.append(self._pool.submit(self._write_states, latest))
+            self._pending.append(self._pool.submit(self._write_states, latest, [body for _key, body in alerts]))
         metrics.BATCH_SECONDS.labels("enrich_state_out").observe(time.perf_counter() - start)
 
     def snapshot(self) -> None:

@@ -45,6 +45,8 @@ class Car:
     night_lights: bool
     tyre_kpa: int
     injections: list[Injection] = field(default_factory=list)
+    environment: str = "prod"  # resource tags for the API's access policies (see api/policies)
+    stage: str = "prod"
 
     def row(self, updated_at: int) -> dict[str, Any]:
         return {
@@ -54,6 +56,8 @@ class Car:
             "fleet": self.fleet,
             "status": self.status,
             "zone": self.zone,
+            "environment": self.environment,
+            "stage": self.stage,
             "updated_at": updated_at,
         }
 
@@ -132,6 +136,9 @@ class Fleet:
                 phase_s=rng.uniform(0, 8000),
                 night_lights=rng.random() < 0.5,
                 tyre_kpa=232 + (i % 7),
+                # every 4th car is in the partners' beta programme; a fifth of those already at stage prod
+                environment="beta" if i % 4 == 3 else "prod",
+                stage="prod" if i % 4 != 3 or i % 20 == 3 else "pilot",
             )
             for _ in range(devices_per_car):
                 self.new_device(car_id, installed_at=start_ms - rng.randint(86_400_000, 400 * 86_400_000))

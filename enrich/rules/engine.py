@@ -153,8 +153,9 @@ class RuleEngine:
         wall: int,
     ) -> dict[str, Any]:
         labels = {"alertname": rule.id, "severity": rule.severity, "car_id": str(f.car_id), **rule.labels}
-        if f.car is not None and f.car.get("fleet") is not None:
-            labels.setdefault("fleet", str(f.car["fleet"]))
+        for tag in ("fleet", "environment", "stage"):  # the car's resource tags (silences scope by them)
+            if f.car is not None and f.car.get(tag) is not None:
+                labels.setdefault(tag, str(f.car[tag]))
         annotations = {
             "summary": rule.summary,
             **({"description": rule.description} if rule.description else {}),

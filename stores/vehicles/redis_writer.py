@@ -1,0 +1,227 @@
+"""The write side of the vehicle store on Redis: one call per flow micro-batch, one round trip.
+
+``write_batch(states, outliers)`` sends the state documents, every index entry they move, the incident
+records and one change-stream entry in ONE pipelined MULTI/EXEC (readers never see a document without its
+index entries). Cost per car per batch, in Redis commands (variadic commands shared by the whole batch):
+
+* always: its document in the batch's one ``MSET``, its ``last_seen`` in the batch's one ``ZADD ix:seen``,
+  its ``car,version,class`` in the batch's one ``XADD`` — O(1) arguments, no command of its own;
+* only when its location moved: its position in the batch's one ``GEOADD``;
+* only when its car row's indexed attributes changed (class, fleet, model, status, environment) — rare:
+  ``HSET ix:meta`` plus one ``ZREM``/``ZADD`` pair per changed index (at most 5 pairs);
+* per outlier event: its share of one ``EVALSHA`` (the incident script: record, indexes, active set).
+
+The writer remembers each car's meta and location from its own writes (a dict per process; cars are
+partitioned by bucket, so one writer owns a car). A car it has not written yet costs one extra ``HMGET
+ix:meta`` round trip, once, shared by all such cars of the batch (after a restart, or a new car). Every
+command is idempotent, so a replayed batch (bytewax is at-least-once) rewrites the same entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+import redis
+
+from stores.vehicles.layout import Keys
+from stores.vehicles.model import (
+    FILTER_FIELDS,
+    TAG_COLUMNS,
+    Meta,
+    VehicleStateWrite,
+    class_id,
+    incident_member,
+    incident_record,
+    incident_summary,
+    meta_of,
+    pack_states,
+    tags_of,
+)
+
+GEO_MAX_LAT = 85.05112878  # Redis GEO (Web Mercator) limit; cars beyond it are not in the geo index
+
+INCIDENT_LUA = r"""
+-- ARGV[1] = prefix, then 7 per event: id, car, status, rule, member, class id, record JSON
+local p = ARGV[1]
+for i = 2, #ARGV, 7 do
+  local id, car, status, rule, member, cid, rec =
+    ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4], ARGV[i + 5], ARGV[i + 6]
+  local old = redis.call('HGET', p .. 'ix:inc:meta', id)
+  local old_cid, old_status = nil, nil
+  if old then
+    local a = string.find(old, '\31', 1, true)
+    local b = string.find(old, '\31', a + 1, true)
+    old_cid, old_status = string.sub(old, 1, a - 1), string.sub(old, a + 1, b - 1)
+  end
+  -- a replayed firing event never reopens a resolved incident
+  if not (old_status == 'resolved' and status == 'firing') then
+    redis.call('SET', p .. 'inc:' .. id, rec)
+    redis.call('HSET', p .. 'ix:inc:meta', id, cid .. '\31' .. status .. '\31' .. rule .. '\31' .. car .. '\31' .. member)
+    redis.call('ZADD', p .. 'ix:inc:all', 0, member)
+    redis.call('ZADD', p .. 'ix:inc:rule:' .. rule, 0, member)
+    redis.call('ZADD', p .. 'ix:inc:car:' .. car, 0, member)
+    if old_cid and old_cid ~= cid then redis.call('ZREM', p .. 'ix:inc:cls:' .. old_cid, member) end
+    redis.call('ZADD', p .. 'ix:inc:cls:' .. cid, 0, member)
+    if old_status and old_status ~= status then
+      redis.call('ZREM', p .. 'ix:inc:status:' .. old_status, member)
+    end
+    redis.call('ZADD', p .. 'ix:inc:status:' .. status, 0, member)
+    local act = p .. 'inc:active:' .. car
+    if status == 'firing' then
+      redis.call('SADD', act, id)
+      redis.call('ZADD', p .. 'ix:active', tonumber(car), car)
+    else
+      redis.call('SREM', act, id)
+      if redis.call('SCARD', act) == 0 then redis.call('ZREM', p .. 'ix:active', car) end
+    end
+  end
+end
+return 1
+"""
+
+
+class RedisVehicleWriter:
+    """``VehicleWriter`` on Redis (layout in ``stores.vehicles.layout``)."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str = "state:",
+        *,
+        tag_columns: Sequence[str] = TAG_COLUMNS,
+        stream_maxlen: int = 5000,
+    ) -> None:
+        self.client = client
+        self.keys = Keys(prefix)
+        self.tag_columns = tuple(tag_columns)
+        self.stream_maxlen = stream_maxlen
+        self._meta: dict[int, Meta] = {}
+        self._loc: dict[int, tuple[float, float] | None] = {}
+        self._cids: set[str] = set()
+        self._sha = ""
+
+    def _load_script(self) -> str:
+        if not self._sha:
+            self._sha = str(self.client.script_load(INCIDENT_LUA))
+        return self._sha
+
+    def write_batch(
+        self, states: Mapping[int, VehicleStateWrite], outliers: Sequence[bytes | Mapping[str, Any]] = ()
+    ) -> None:
+        """Write one micro-batch: new state documents (one per car) and outlier events, in one round trip
+        (two for cars this writer has not seen before)."""
+        if not states and not outliers:
+            return
+        k = self.keys
+        docs: dict[str, bytes] = {}
+        seen: dict[str, int] = {}
+        geo_add: list[Any] = []
+        geo_del: list[str] = []
+        new_meta: dict[int, Meta] = {}
+        new_loc: dict[int, tuple[float, float] | None] = {}
+        stream: list[tuple[int, int, str]] = []
+        classes: dict[str, bytes] = {}
+        for car, w in states.items():
+            doc = w.doc if w.doc is not None else orjson.loads(w.body)
+            docs[k.car(car)] = w.body
+            seen[str(car)] = int(doc.get("last_seen") or 0)
+            tags = tags_of(doc.get("car"), self.tag_columns)
+            cid = class_id(tags)
+            if cid not in self._cids:
+                classes[cid] = orjson.dumps(tags)
+            new_meta[car] = meta_of(doc.get("car"), cid)
+            loc = doc.get("location")
+            pos = (float(loc["lon"]), float(loc["lat"])) if loc else None
+            if car not in self._loc or self._loc[car] != pos:
+                new_loc[car] = pos
+                if pos is not None and abs(pos[1]) <= GEO_MAX_LAT:
+                    geo_add.extend((pos[0], pos[1], str(car)))
+                else:
+                    geo_del.append(str(car))
+            stream.append((car, int(doc.get("version") or 0), cid))
+        unknown = [c for c in new_meta if c not in self._meta]
+        if unknown:
+            raw: list[Any] = self.client.hmget(k.meta, [str(c) for c in unknown])  # type: ignore[assignment]
+            for car, r in zip(unknown, raw, strict=True):
+                if r is not None:
+                    self._meta[car] = Meta.unpack(r.decode())
+        incidents, summaries = self._incident_args(outliers, classes)
+        for attempt in (1, 2):
+            pipe = self.client.pipeline(transaction=True)
+            if docs:
+                pipe.mset(docs)
+                pipe.zadd(k.seen, seen)  # type: ignore[arg-type]
+            if geo_add:
+                pipe.geoadd(k.geo, geo_add)
+            if geo_del:
+                pipe.zrem(k.geo, *geo_del)
+            for cid, tags in classes.items():
+                pipe.hset(k.classes, cid, tags)
+            changed = self._index_moves(pipe, new_meta)
+            if incidents:
+                pipe.evalsha(self._load_script(), 0, self.keys.prefix, *incidents)
+            fields: dict[str, str] = {}
+            if stream:
+                fields["s"] = pack_states(stream)
+            if summaries:
+                fields["i"] = orjson.dumps(summaries).decode()
+            pipe.xadd(k.changes, fields, maxlen=self.stream_maxlen, approximate=True)  # type: ignore[arg-type]
+            try:
+                pipe.execute()
+                break
+            except redis.exceptions.NoScriptError:
+                self._sha = ""  # Redis lost its scripts (restart): load again, replay the idempotent batch
+                if attempt == 2:
+                    raise
+        self._meta.update({c: new_meta[c] for c in changed})
+        self._loc.update(new_loc)
+        self._cids.update(classes)
+
+    def _index_moves(self, pipe: Any, new_meta: Mapping[int, Meta]) -> list[int]:
+        """Queue the index changes of the cars whose meta changed; return those cars."""
+        k = self.keys
+        changed = []
+        meta_updates: dict[str, str] = {}
+        for car, meta in new_meta.items():
+            old = self._meta.get(car)
+            if old == meta:
+                continue
+            changed.append(car)
+            member = {str(car): car}
+            meta_updates[str(car)] = meta.pack()
+            if old is None:
+                pipe.zadd(k.all, member)
+            if old is None or old.cid != meta.cid:
+                if old is not None:
+                    pipe.zrem(k.cls(old.cid), str(car))
+                pipe.zadd(k.cls(meta.cid), member)
+            for name in FILTER_FIELDS:
+                was, now = (old.value(name) if old else ""), meta.value(name)
+                if old is not None and was == now:
+                    continue
+                if was:
+                    pipe.zrem(k.field(name, was), str(car))
+                if now:
+                    pipe.zadd(k.field(name, now), member)
+        if meta_updates:
+            pipe.hset(k.meta, mapping=meta_updates)
+        return changed
+
+    def _incident_args(
+        self, outliers: Sequence[bytes | Mapping[str, Any]], classes: dict[str, bytes]
+    ) -> tuple[list[str], list[dict[str, Any]]]:
+        args: list[str] = []
+        summaries: list[dict[str, Any]] = []
+        for item in outliers:
+            event = orjson.loads(item) if isinstance(item, bytes | bytearray) else item
+            record = incident_record(event, self.tag_columns)
+            cid = class_id(record["tags"])
+            if cid not in self._cids:
+                classes[cid] = orjson.dumps(record["tags"])
+            member = incident_member(int(record["starts_at"]), str(record["incident_id"]))
+            args += [str(record["incident_id"]), str(record["car_id"]), str(record["status"]),
+                     str(record["rule_id"]), member, cid, orjson.dumps(record).decode()]  # fmt: skip
+            summaries.append(incident_summary(record, cid))
+        return args, summaries
