@@ -98,6 +98,13 @@ class Settings(BaseSettings):
     # HTTP API and metrics
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    api_prefix: str = Field("api:", description="Redis key prefix of the API's keys")
+    api_policies: Path | None = Field(
+        None, description="Cedar access policies of the API (default: api/policies/default.cedar)"
+    )
+    api_policy_schema: Path | None = Field(
+        None, description="Cedar schema the policies are validated against (default: api/policies/)"
+    )
     metrics_port: int = Field(9464, description="Prometheus metrics port of a flow worker (0 = off)")
 
     def as_env(self) -> dict[str, str]:

@@ -96,6 +96,7 @@ def isolated_settings(
         snapshot_prefix=f"{token}:snap:",
         state_prefix=f"{token}:state:",
         alerts_prefix=f"{token}:alerts:",
+        api_prefix=f"{token}:api:",
         history_dir=tmp_path / "history",
     )
 
