@@ -1,104 +1,173 @@
-"""``enrich api``: FastAPI app serving the latest vehicle state and merged snapshot records from Redis.
+"""``enrich api``: the HTTP API, v1.
 
-GET /vehicles/{car_id}            latest state (ETag = version; 304 on If-None-Match)
-GET /vehicles?cursor=0&limit=100  a page of vehicle states
-GET /devices/{device_id}/record   merged device + car + active reservation from the snapshot
-GET /healthz                      Redis reachable
+Routes (all under ``/v1`` need ``Authorization: Bearer <key>``; see the OpenAPI document at ``/openapi.json``
+and ``/docs``): vehicles (state, filtered pages, SSE), devices, incidents (with delivery log), silences,
+rules. Unauthenticated: ``/healthz`` (the process answers), ``/readyz`` (Redis and Kafka reachable),
+``/metrics`` (Prometheus).
+
+Start-up builds everything once: the one async Redis client of the process, the Cedar policies (a policy
+file with an error refuses to start, naming its line), the stores, the SSE broker. ``api/`` imports nothing
+from ``cli/`` or ``flows/``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Any
 
 import redis.asyncio as aioredis
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api import queries
-from api.models import Delivery, Health, SnapshotRecord, VehiclePage, VehicleState
+from api import problems, routes_events, routes_incidents, routes_vehicles
+from api.alerts_adapter import Silences
+from api.cursor import Cursors
+from api.deps import Services
+from api.metrics import ApiMetrics, MetricsMiddleware
+from api.models import Health, Ready
+from api.policy import Policies, load_policy_files
+from api.sse import Broker
+from enrich.rules.model import load_rules
 from enrich.settings import Settings, get_settings
+from enrich.tables import load_tables
+from stores.apikeys import RedisApiKeyStore
+from stores.snapshot_reader import AsyncSnapshotReader
+from stores.vehicles.redis_reader import RedisVehicleReader
+
+KAFKA_CHECK_TTL_S = 5.0
+
+
+async def _cursor_secret(client: aioredis.Redis, prefix: str) -> bytes:
+    """One cursor key shared by every API process on this Redis (cursors work across replicas)."""
+    key = f"{prefix}cursor-secret"
+    await client.set(key, secrets.token_hex(32), nx=True)
+    value: bytes = await client.get(key)
+    return value
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    settings: Settings = app.state.settings
-    app.state.redis = aioredis.Redis.from_url(settings.redis_url)
+    s: Settings = app.state.settings
+    client = aioredis.Redis.from_url(s.redis_url, socket_connect_timeout=2, health_check_interval=30)
+    svc = Services(
+        settings=s,
+        redis=client,
+        vehicles=RedisVehicleReader(client, s.state_prefix),
+        keys=RedisApiKeyStore(client, s.api_prefix),
+        policies=app.state.policies,
+        silences=Silences(client, s.alerts_prefix),
+        snapshot=AsyncSnapshotReader(client, load_tables(s.tables_file), s.snapshot_prefix),
+        cursors=Cursors(await _cursor_secret(client, s.api_prefix)),
+        rules=load_rules(s.rules_file),
+        metrics=app.state.metrics,
+    )
+    svc.broker = Broker(svc.vehicles, svc.policies)
+    await svc.broker.start()
+    app.state.services = svc
     try:
         yield
     finally:
-        await app.state.redis.aclose()
+        await svc.broker.stop()
+        await client.aclose()
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    app = FastAPI(title="fleet-enrich", version="0.1.0", lifespan=lifespan)
-    app.state.settings = settings or get_settings()
-    _routes(app)
+def create_app(settings: Settings | None = None, policies: Policies | None = None) -> FastAPI:
+    """The app; raises ``api.policy.PolicyError`` when the policy file is not valid."""
+    s = settings or get_settings()
+    app = FastAPI(
+        title="fleet-enrich API",
+        version="1.0.0",
+        lifespan=lifespan,
+        description=__doc__,
+        openapi_tags=[
+            {"name": "vehicles", "description": "Latest vehicle state, served from indexes"},
+            {"name": "events", "description": "Server-sent events, resumable with Last-Event-ID"},
+            {"name": "ops", "description": "Health, readiness and metrics (no key needed)"},
+        ],
+    )
+    app.state.settings = s
+    app.state.policies = policies or load_policy_files(s.api_policies, s.api_policy_schema)
+    app.state.metrics = ApiMetrics()
+    app.state.kafka = (0.0, False)
+    problems.install(app)
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.include_router(routes_vehicles.router)
+    app.include_router(routes_incidents.router)
+    app.include_router(routes_events.router)
+    _ops(app)
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 
 
-def get_redis(request: Request) -> aioredis.Redis:
-    return request.app.state.redis  # type: ignore[no-any-return]
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    if app.openapi_schema:
+        return app.openapi_schema
+    doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes,
+                      tags=app.openapi_tags)  # fmt: skip
+    doc.setdefault("components", {}).setdefault("schemas", {})["Problem"] = problems.PROBLEM_SCHEMA
+    # FastAPI documents its own 422 body; ours is a problem (RFC 9457)
+    for path in doc.get("paths", {}).values():
+        for op in path.values():
+            resp = op.get("responses", {})
+            if "422" in resp:
+                resp["422"] = problems.COMMON[422]
+    doc["components"]["schemas"].pop("HTTPValidationError", None)
+    doc["components"]["schemas"].pop("ValidationError", None)
+    app.openapi_schema = doc
+    return doc
 
 
-def get_app_settings(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
+async def _kafka_ok(app: FastAPI) -> bool:
+    at, ok = app.state.kafka
+    if time.monotonic() - at < KAFKA_CHECK_TTL_S:
+        return bool(ok)
 
+    def probe() -> bool:
+        from confluent_kafka.admin import AdminClient
 
-RedisDep = Annotated[aioredis.Redis, Depends(get_redis)]
-SettingsDep = Annotated[Settings, Depends(get_app_settings)]
-
-
-def _routes(app: FastAPI) -> None:
-    @app.get("/vehicles/{car_id}", response_model=VehicleState)
-    async def get_vehicle(
-        car_id: int,
-        client: RedisDep,
-        settings: SettingsDep,
-        response: Response,
-        if_none_match: Annotated[str | None, Header()] = None,
-    ) -> Any:
-        state = await queries.vehicle_state(client, settings, car_id)
-        if state is None:
-            raise HTTPException(404, f"no state for car {car_id}")
-        etag = f'"{state["version"]}"'
-        if if_none_match == etag:
-            return Response(status_code=304, headers={"ETag": etag})
-        response.headers["ETag"] = etag
-        return state
-
-    @app.get("/vehicles", response_model=VehiclePage)
-    async def list_vehicles(
-        client: RedisDep,
-        settings: SettingsDep,
-        cursor: Annotated[int, Query(ge=0)] = 0,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    ) -> Any:
-        ids, nxt = await queries.list_car_ids(client, settings, cursor=cursor, limit=limit)
-        return {"items": await queries.vehicle_states(client, settings, ids), "next_cursor": nxt}
-
-    @app.get("/devices/{device_id}/record", response_model=SnapshotRecord)
-    async def device_record(device_id: str, settings: SettingsDep) -> Any:
-        from cli.flows import snapshot_store
-
-        store = snapshot_store(settings)  # the lookup is one Lua call; run it off the event loop
-        merged = (await asyncio.to_thread(store.lookup, "deviceinfo", [device_id]))[device_id]
-        if merged.rows.get("deviceinfo") is None:
-            raise HTTPException(404, f"device {device_id} is not in the snapshot")
-        return {"rows": merged.rows, "positions": merged.positions}
-
-    @app.get("/incidents/{incident_id}/deliveries", response_model=dict[str, Delivery])
-    async def deliveries(incident_id: str, client: RedisDep, settings: SettingsDep) -> Any:
-        """The delivery log of an incident: per receiver, status, attempts, last error."""
-        log = await queries.delivery_log(client, settings, incident_id)
-        if not log:
-            raise HTTPException(404, f"no deliveries for incident {incident_id}")
-        return log
-
-    @app.get("/healthz", response_model=Health)
-    async def health(client: RedisDep) -> Any:
         try:
-            return {"redis": bool(await client.ping())}
-        except aioredis.RedisError:
-            raise HTTPException(503, "redis unreachable") from None
+            AdminClient({"bootstrap.servers": app.state.settings.kafka_bootstrap}).list_topics(timeout=2)
+            return True
+        except Exception:
+            return False
+
+    ok = await asyncio.to_thread(probe)
+    app.state.kafka = (time.monotonic(), ok)
+    return ok
+
+
+def _ops(app: FastAPI) -> None:
+    @app.get("/healthz", tags=["ops"], response_model=Health, summary="The process answers")
+    async def healthz() -> Any:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"], response_model=Ready, summary="Redis and Kafka reachable",
+             responses={503: {"description": "Not ready", "model": Ready}})  # fmt: skip
+    async def readyz(request: Request) -> Any:
+        svc: Services = request.app.state.services
+        try:
+            redis_ok = await asyncio.wait_for(svc.vehicles.ping(), 2)
+        except Exception:
+            redis_ok = False
+        kafka_ok = await _kafka_ok(request.app)
+        body = {"ready": redis_ok and kafka_ok, "redis": redis_ok, "kafka": kafka_ok}
+        if not body["ready"]:
+            import orjson
+
+            return Response(orjson.dumps(body), status_code=503, media_type="application/json")
+        return body
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", response_class=Response,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})  # fmt: skip
+    async def metrics(request: Request) -> Response:
+        m: ApiMetrics = request.app.state.metrics
+        svc: Services | None = getattr(request.app.state, "services", None)
+        if svc is not None and svc.broker is not None:
+            m.sse_clients.set(svc.broker.clients)
+        return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,14 +1,34 @@
-"""Response models of the HTTP API (schemas/vehicle-state.v1 for the state document)."""
+"""Request and response models of the HTTP API (``schemas/vehicle-state.v1`` for the state document),
+with the examples the OpenAPI document shows."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+CAR = {"car_id": 1042, "plate": "12가3456", "model": "Kia Niro EV", "fleet": "seoul-gangnam", "status": "ACTIVE",
+       "zone": "Z07", "environment": "beta", "stage": "pilot", "updated_at": 1718000000000}  # fmt: skip
+STATE = {
+    "car_id": 1042, "last_seen": 1718000060000, "location": {"lat": 37.5, "lon": 127.03},
+    "signals": {"Vehicle.Speed": {"value": 42.0, "ts": 1718000060000, "seq": 981, "device_id": "dev-000042"}},
+    "car": CAR, "reservation": None, "devices": ["dev-000042"], "updated_at": 1718000060042, "version": 57,
+}  # fmt: skip
+INCIDENT = {
+    "incident_id": "headlights-left-on:1042:1718000300000", "fingerprint": "9f2c4b1a7d3e8f60",
+    "rule_id": "headlights-left-on", "status": "firing", "severity": "warning", "car_id": 1042,
+    "device_id": "dev-000042", "labels": {"alertname": "headlights-left-on", "fleet": "seoul-gangnam"},
+    "annotations": {"summary": "Headlights on while the engine is off and every door is closed"},
+    "starts_at": 1718000300000, "ends_at": None, "generated_at": 1718000360120,
+    "snapshot": {"car": CAR, "reservation": None, "signals": {"Vehicle.Body.Lights.Beam.Low.IsOn": True}},
+    "tags": {"environment": "beta", "stage": "pilot", "fleet": "seoul-gangnam"},
+}  # fmt: skip
+
+Scalar = float | int | bool | str | None
 
 
 class SignalValue(BaseModel):
-    value: float | int | bool | str | None
+    value: Scalar
     ts: int = Field(description="Event time of the reading, epoch ms")
     seq: int
     device_id: str
@@ -20,6 +40,7 @@ class Location(BaseModel):
 
 
 class VehicleState(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": STATE})
     car_id: int
     last_seen: int
     location: Location | None
@@ -31,14 +52,47 @@ class VehicleState(BaseModel):
     version: int
 
 
+class Incident(BaseModel):
+    """The newest outlier event of an incident (``schemas/outlier.v1``) plus the tags of its vehicle."""
+
+    model_config = ConfigDict(json_schema_extra={"example": INCIDENT})
+    incident_id: str
+    fingerprint: str
+    rule_id: str
+    status: Literal["firing", "resolved"]
+    severity: str
+    car_id: int
+    device_id: str | None
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    starts_at: int
+    ends_at: int | None
+    generated_at: int
+    snapshot: dict[str, Any]
+    tags: dict[str, str] = Field(description="Resource tags of the vehicle (what access policies read)")
+
+
+class VehicleDetail(VehicleState):
+    model_config = ConfigDict(json_schema_extra={"example": {**STATE, "tags": INCIDENT["tags"],
+                                                             "active_incidents": [INCIDENT]}})  # fmt: skip
+    tags: dict[str, str] = Field(description="Resource tags of the vehicle (from its carinfo row)")
+    active_incidents: list[Incident] = Field(description="Firing incidents of the vehicle")
+
+
 class VehiclePage(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": {"items": [STATE], "next_cursor": "dmVoaWNsZXN8MTA0Mn…"}})
     items: list[VehicleState]
-    next_cursor: int = Field(description="Pass as ?cursor= for the next page; 0 when there is none")
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= (with the same filters) for the next page; null when this is the last. "
+        "A page may hold fewer than `limit` items (even none) and still have a next cursor: each request "
+        "looks at a bounded number of index entries."
+    )
 
 
-class SnapshotRecord(BaseModel):
-    rows: dict[str, dict[str, Any] | None]
-    positions: dict[str, str | None]
+class IncidentPage(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": {"items": [INCIDENT], "next_cursor": None}})
+    items: list[Incident]
+    next_cursor: str | None
 
 
 class Delivery(BaseModel):
@@ -50,5 +104,76 @@ class Delivery(BaseModel):
     job: str = Field(description="Delivery id (the webhook-id of webhook deliveries)")
 
 
+class IncidentDetail(Incident):
+    model_config = ConfigDict(json_schema_extra={"example": {**INCIDENT, "deliveries": {"ops": {
+        "status": "delivered", "attempts": 1, "last_error": None, "http_status": 200, "at": 1718000361000,
+        "job": "msg_2b7c"}}}})  # fmt: skip
+    deliveries: dict[str, Delivery] = Field(description="Delivery log per receiver (from the alerts outbox)")
+
+
+class Device(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": {
+        "device_id": "dev-000042", "device": {"device_id": "dev-000042", "car_id": 1042, "kind": "telematics"},
+        "car": CAR, "reservation": None,
+        "positions": {"deviceinfo": "00000000000000000042", "carinfo": "00000000000000000007", "reservation": None},
+    }})  # fmt: skip
+    device_id: str
+    device: dict[str, Any]
+    car: dict[str, Any] | None
+    reservation: dict[str, Any] | None
+    positions: dict[str, str | None] = Field(description="Source position of each row (CDC offset order)")
+
+
+MATCHER = r'^\s*[A-Za-z_][A-Za-z0-9_]*\s*(=~|!~|!=|=)\s*("(?:[^"\\]|\\.)*"|\S*)\s*$'
+
+
+class SilenceIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {
+        "matchers": ['environment="beta"', 'alertname="headlights-left-on"'], "duration": "2h",
+        "comment": "bulb replacement in the beta fleet"}})  # fmt: skip
+    matchers: list[Annotated[str, Field(max_length=200)]] = Field(min_length=1, max_length=20, description=(
+        'Alertmanager label matchers (name="v", !=, =~, !~). The equality matchers on tag labels '
+        "(environment, stage, fleet) are the tags the silence requests; policies decide on them."))  # fmt: skip
+    duration: str = Field(pattern=r"^[0-9]{1,7}(ms|s|m|h)$", description="How long, e.g. 30m, 2h, 48h (at most 90 days)")
+    comment: str = Field("", max_length=500)
+
+
+class Silence(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": {
+        "id": "3f9a1c2b7d4e", "matchers": ['environment="beta"'], "starts_at": 1718000000000,
+        "ends_at": 1718007200000, "created_by": "partner-beta", "comment": "", "tags": {"environment": "beta"},
+        "active": True}})  # fmt: skip
+    id: str
+    matchers: list[str]
+    starts_at: int
+    ends_at: int
+    created_by: str
+    comment: str
+    tags: dict[str, str]
+    active: bool
+
+
+class Rule(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": {
+        "id": "headlights-left-on", "summary": "Headlights on while the engine is off", "description": "",
+        "when": "Vehicle.Body.Lights.Beam.Low.IsOn and not Vehicle.Powertrain.CombustionEngine.IsRunning",
+        "for_ms": 60000, "keep_firing_for_ms": 0, "severity": "warning", "labels": {"audience": "customer"}}})  # fmt: skip
+    id: str
+    summary: str
+    description: str
+    when: str
+    for_ms: int
+    keep_firing_for_ms: int
+    severity: str
+    labels: dict[str, str]
+
+
 class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Ready(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": {"ready": True, "redis": True, "kafka": True}})
+    ready: bool
     redis: bool
+    kafka: bool

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.alerts import alerts_app
+from cli.api import api_app
 from cli.flatten import flatten as flatten_command
 from cli.flows import flow_app, snapshot_app
 from cli.health import health_app
@@ -27,6 +28,7 @@ app.add_typer(snapshot_app, name="snapshot")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(health_app, name="health")
 app.command("flatten")(flatten_command)
+app.add_typer(api_app, name="api")
 console = Console(soft_wrap=True)
 
 
@@ -192,20 +194,6 @@ def rules_test(
         )
     console.print(table)
     console.print(f"{len(docs)} events, {sum(o['status'] == 'firing' for o in outliers)} incidents fired")
-
-
-@app.command("api")
-def api(
-    host: Annotated[str | None, typer.Option(help="Bind address (default ENRICH_API_HOST)")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default ENRICH_API_PORT)")] = None,
-) -> None:
-    """Serve the HTTP API: latest vehicle state and merged snapshot records."""
-    import uvicorn
-
-    from api.main import create_app
-
-    settings = get_settings()
-    uvicorn.run(create_app(settings), host=host or settings.api_host, port=port or settings.api_port)
 
 
 @app.command("demo")

@@ -252,23 +252,35 @@ class RedisSnapshotStore:
         keys = list(pks)
         if not keys:
             return {}
-        plan = join_plan(self.tables, table)
-        packed = RS.join(US.join((col, ref, ",".join(acts))) for col, ref, acts in plan)
-        order = [table]
-        for _col, ref, acts in plan:
-            order.append(ref)
-            order.extend(acts)
-        raw = self._lookup(args=[self.prefix, table, packed, *keys])
-        width = 2 * len(order)
-        out: dict[str, Merged] = {}
-        loads = orjson.loads
-        for i, pk in enumerate(keys):
-            chunk = raw[i * width : (i + 1) * width]
-            rows: dict[str, dict[str, Any] | None] = {}
-            positions: dict[str, str | None] = {}
-            for j, name in enumerate(order):
-                row_b, pos_b = chunk[2 * j], chunk[2 * j + 1]
-                rows[name] = loads(row_b) if row_b else None
-                positions[name] = pos_b.decode() if pos_b else None
-            out[pk] = Merged(rows, positions)
-        return out
+        args, order = lookup_args(self.tables, self.prefix, table, keys)
+        return decode_lookup(self._lookup(args=args), keys, order)
+
+
+def lookup_args(
+    tables: dict[str, TableSpec], prefix: str, table: str, keys: list[str]
+) -> tuple[list[str], list[str]]:
+    """Arguments of the LOOKUP_LUA call for ``keys`` of ``table``, and the tables of its answer in order."""
+    plan = join_plan(tables, table)
+    packed = RS.join(US.join((col, ref, ",".join(acts))) for col, ref, acts in plan)
+    order = [table]
+    for _col, ref, acts in plan:
+        order.append(ref)
+        order.extend(acts)
+    return [prefix, table, packed, *keys], order
+
+
+def decode_lookup(raw: Any, keys: list[str], order: list[str]) -> dict[str, Merged]:
+    """The merged rows of a LOOKUP_LUA answer (used by the sync store and the API's async reader)."""
+    width = 2 * len(order)
+    out: dict[str, Merged] = {}
+    loads = orjson.loads
+    for i, pk in enumerate(keys):
+        chunk = raw[i * width : (i + 1) * width]
+        rows: dict[str, dict[str, Any] | None] = {}
+        positions: dict[str, str | None] = {}
+        for j, name in enumerate(order):
+            row_b, pos_b = chunk[2 * j], chunk[2 * j + 1]
+            rows[name] = loads(row_b) if row_b else None
+            positions[name] = pos_b.decode() if pos_b else None
+        out[pk] = Merged(rows, positions)
+    return out

@@ -35,7 +35,7 @@ class MemoryVehicleStore:
     ) -> None:
         self.tag_columns = tuple(tag_columns)
         self.stream_maxlen = stream_maxlen
-        self.docs: dict[int, bytes] = {}
+        self.bodies: dict[int, bytes] = {}
         self.parsed: dict[int, dict[str, Any]] = {}
         self._classes: dict[str, Tags] = {}
         self.incidents: dict[str, bytes] = {}
@@ -54,7 +54,7 @@ class MemoryVehicleStore:
         summary: list[tuple[int, int, str]] = []
         for car, w in states.items():
             doc = dict(w.doc) if w.doc is not None else orjson.loads(w.body)
-            self.docs[car], self.parsed[car] = w.body, doc
+            self.bodies[car], self.parsed[car] = w.body, doc
             tags = tags_of(doc.get("car"), self.tag_columns)
             cid = class_id(tags)
             self._classes.setdefault(cid, tags)
@@ -88,10 +88,13 @@ class MemoryVehicleStore:
 
     # -- reader ----------------------------------------------------------------------------------------
     async def vehicle(self, car_id: int) -> tuple[bytes, list[bytes]] | None:
-        doc = self.docs.get(car_id)
+        doc = self.bodies.get(car_id)
         if doc is None:
             return None
         return doc, [self.incidents[i] for i in sorted(self.active.get(car_id, ()))]
+
+    async def docs(self, car_ids: list[int]) -> dict[int, bytes]:
+        return {c: self.bodies[c] for c in car_ids if c in self.bodies}
 
     async def classes(self) -> dict[str, Tags]:
         return dict(self._classes)
@@ -105,14 +108,14 @@ class MemoryVehicleStore:
     ) -> Page:  # fmt: skip
         ok, _every = allowed_classes(self._classes, allowed, q.equal, self.tag_columns)
         cursor = int(after) if after is not None else None
-        ids = sorted(c for c in self.docs if cursor is None or c > cursor)
+        ids = sorted(c for c in self.bodies if cursor is None or c > cursor)
         found: list[bytes] = []
         for n, car in enumerate(ids, 1):
             doc = self.parsed[car]
             if class_id(tags_of(doc.get("car"), self.tag_columns)) in ok and q.matches_doc(
                 doc, self._has_active(car)
             ):
-                found.append(self.docs[car])
+                found.append(self.bodies[car])
                 if len(found) == limit:
                     return Page(found, str(car) if car != ids[-1] else None, n)
             if n >= max_scan and car != ids[-1]:

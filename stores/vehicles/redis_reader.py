@@ -85,6 +85,13 @@ class RedisVehicleReader:
             records = [r for r in raws if r is not None]
         return doc, records
 
+    async def docs(self, car_ids: list[int]) -> dict[int, bytes]:
+        """State documents of these cars (one MGET); missing ones are left out."""
+        if not car_ids:
+            return {}
+        raws = await self.client.mget([self.keys.car(c) for c in car_ids])
+        return {c: r for c, r in zip(car_ids, raws, strict=True) if r is not None}
+
     async def classes(self) -> dict[str, Tags]:
         """Every tag class seen (id → tags); cached for ``classes_ttl_s``."""
         now = time.monotonic()

@@ -1,0 +1,54 @@
+"""Server-sent events: ``/v1/vehicles/{car_id}/events`` and ``/v1/events`` (see ``api.sse``)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import orjson
+from fastapi import APIRouter, Header, Path, Query
+from fastapi.responses import StreamingResponse
+
+from api.deps import Key, Svc
+from api.problems import COMMON, Problem, problem
+from api.sse import Interest
+from stores.vehicles import tags_of
+
+router = APIRouter(prefix="/v1", tags=["events"])
+LAST_EVENT_ID = r"^[0-9]{1,20}-[0-9]{1,20}(\.[0-9]{1,9})?$"
+SSE_DOC = {
+    200: {
+        "description": "A text/event-stream: `event: state` (data = the vehicle-state document), "
+        "`event: incident` (data = incident summary), `event: reset` (events were lost: re-read state). "
+        "Each event has an `id`; reconnect with `Last-Event-ID` to resume.",
+        "content": {"text/event-stream": {"schema": {"type": "string"}, "example":
+                    'id: 1718000060000-0.0\nevent: state\ndata: {"car_id": 1042, "version": 58, ...}\n\n'}},
+    }
+}  # fmt: skip
+HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+LastEventId = Annotated[str | None, Header(alias="Last-Event-ID", pattern=LAST_EVENT_ID, max_length=50)]
+
+
+@router.get("/vehicles/{car_id}/events", summary="Live state changes and incidents of one vehicle",
+            response_class=StreamingResponse,
+            responses={**SSE_DOC, 404: problem(404, "No such vehicle, or not visible", "vehicle 7 not found"),
+                       **COMMON})  # fmt: skip
+async def vehicle_events(
+    car_id: Annotated[int, Path(ge=0, le=2**53 - 1)], svc: Svc, key: Key, last_event_id: LastEventId = None
+) -> StreamingResponse:
+    found = await svc.vehicles.vehicle(car_id)
+    tags = tags_of(orjson.loads(found[0]).get("car")) if found is not None else {}
+    if found is None or not svc.allowed(key, "vehicles:Get", tags):
+        raise Problem(404, f"vehicle {car_id} not found")
+    stream = svc.broker.stream(Interest(key, car_id=car_id), last_event_id)
+    return StreamingResponse(stream, media_type="text/event-stream", headers=HEADERS)
+
+
+@router.get("/events", summary="Live state changes and incidents of every vehicle the key may list",
+            response_class=StreamingResponse, responses={**SSE_DOC, **COMMON})  # fmt: skip
+async def fleet_events(
+    svc: Svc, key: Key,
+    fleet: Annotated[str | None, Query(pattern=r"^[^\x00-\x1f\x7f]{1,64}$")] = None,
+    last_event_id: LastEventId = None,
+) -> StreamingResponse:  # fmt: skip
+    stream = svc.broker.stream(Interest(key, fleet=fleet), last_event_id)
+    return StreamingResponse(stream, media_type="text/event-stream", headers=HEADERS)

@@ -1,0 +1,135 @@
+"""``/v1/vehicles`` and ``/v1/devices``: latest state, filtered pages from the indexes, merged device records.
+
+A vehicle that does not exist and one the key may not see answer the same 404, so a key learns nothing
+about vehicles outside its access (no ids, no counts)."""
+
+from __future__ import annotations
+
+import zlib
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Header, Path, Query
+from fastapi.responses import Response
+
+from api.cursor import CursorError
+from api.deps import Key, Svc
+from api.models import Device, VehicleDetail, VehiclePage
+from api.problems import COMMON, Problem, problem
+from stores.vehicles import BBox, VehicleQuery, tags_of
+
+router = APIRouter(prefix="/v1", tags=["vehicles"])
+MAX_ID = 2**53 - 1
+TEXT = r"^[^\x00-\x1f\x7f]{1,64}$"
+NOT_FOUND = problem(404, "No such vehicle, or not visible to this key (the same answer for both)",
+                    "vehicle 1042 not found")  # fmt: skip
+JSON = "application/json"
+
+CarId = Annotated[int, Path(ge=0, le=MAX_ID, description="carinfo.car_id", examples=[1042])]
+Text = Annotated[str | None, Query(pattern=TEXT, max_length=64)]
+
+
+def _etag(version: int, incidents: list[bytes]) -> str:
+    return f'"{version}-{zlib.crc32(b"|".join(incidents)):08x}"'
+
+
+def _matches(if_none_match: str | None, etag: str) -> bool:
+    if not if_none_match:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in if_none_match.split(",")]
+    return "*" in tags or etag in tags
+
+
+@router.get(
+    "/vehicles/{car_id}",
+    summary="Latest state of a vehicle",
+    response_model=VehicleDetail,
+    responses={304: {"description": "Not modified (If-None-Match matched the ETag)"}, 404: NOT_FOUND, **COMMON},
+)
+async def get_vehicle(
+    car_id: CarId, svc: Svc, key: Key,
+    if_none_match: Annotated[str | None, Header(max_length=200)] = None,
+) -> Response:  # fmt: skip
+    """The vehicle's latest state (signals, location, car and reservation rows), its resource tags and its
+    firing incidents. ``ETag`` changes with every state write and incident change; send it back in
+    ``If-None-Match`` for a 304."""
+    found = await svc.vehicles.vehicle(car_id)
+    doc = orjson.loads(found[0]) if found is not None else None
+    tags = tags_of(doc.get("car")) if doc is not None else {}
+    if found is None or doc is None or not svc.allowed(key, "vehicles:Get", tags):
+        raise Problem(404, f"vehicle {car_id} not found")
+    body, incidents = found
+    etag = _etag(int(doc.get("version") or 0), incidents)
+    if _matches(if_none_match, etag):
+        return Response(status_code=304, headers={"ETag": etag})
+    out = body[:-1] + b',"tags":' + orjson.dumps(tags) + b',"active_incidents":[' + b",".join(incidents) + b"]}"
+    return Response(out, media_type=JSON, headers={"ETag": etag})
+
+
+def _bbox(text: str | None) -> BBox | None:
+    if text is None:
+        return None
+    try:
+        s, w, n, e = (float(x) for x in text.split(","))
+    except ValueError:
+        raise Problem(422, "bbox: give south,west,north,east in degrees") from None
+    if not (-90 <= s <= n <= 90 and -180 <= w <= e <= 180):
+        raise Problem(422, "bbox: need -90 <= south <= north <= 90 and -180 <= west <= east <= 180")
+    return BBox(s, w, n, e)
+
+
+@router.get("/vehicles", summary="List vehicles (filtered, paged)", response_model=VehiclePage,
+            responses={400: problem(400, "The cursor is malformed, tampered with or from other filters",
+                                    "this cursor belongs to another query (filters changed)"), **COMMON})  # fmt: skip
+async def list_vehicles(
+    svc: Svc, key: Key,
+    fleet: Text = None, model: Text = None,
+    status: Annotated[str | None, Query(pattern=r"^(ACTIVE|MAINTENANCE|RETIRED)$")] = None,
+    environment: Text = None,
+    has_active_incident: bool | None = None,
+    last_seen_after: Annotated[int | None, Query(ge=0, le=MAX_ID, description="epoch ms, exclusive")] = None,
+    last_seen_before: Annotated[int | None, Query(ge=0, le=MAX_ID, description="epoch ms, exclusive")] = None,
+    bbox: Annotated[str | None, Query(max_length=100, pattern=r"^[0-9eE.,+-]+$",
+                                      description="south,west,north,east (degrees)",
+                                      examples=["37.45,126.85,37.65,127.15"])] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(max_length=200, pattern=r"^[A-Za-z0-9_-]+$")] = None,
+) -> Response:  # fmt: skip
+    """Vehicles the key may see, in car id order, that match every filter given. Served from indexes the
+    enrichment flow maintains (no keyspace scans); access is decided once per tag class."""
+    equal = {k: v for k, v in (("fleet", fleet), ("model", model), ("status", status),
+                               ("environment", environment)) if v is not None}  # fmt: skip
+    q = VehicleQuery(equal, has_active_incident, last_seen_after, last_seen_before, _bbox(bbox))
+    ident: dict[str, Any] = {**equal, "active": has_active_incident, "after": last_seen_after,
+                             "before": last_seen_before, "bbox": bbox}  # fmt: skip
+    after = None
+    if cursor is not None:
+        try:
+            after = svc.cursors.decode(cursor, "vehicles", ident)
+        except CursorError as exc:
+            raise Problem(400, str(exc)) from None
+    allowed = await svc.allowed_classes(key, "vehicles:List")
+    page = await svc.vehicles.list_vehicles(q, allowed, after, limit)
+    svc.metrics.scanned.labels("vehicles").observe(page.scanned)
+    nxt = svc.cursors.encode("vehicles", page.next_after, ident) if page.next_after is not None else None
+    body = b'{"items":[' + b",".join(page.items) + b'],"next_cursor":' + orjson.dumps(nxt) + b"}"
+    return Response(body, media_type=JSON)
+
+
+@router.get("/devices/{device_id}", summary="A device with its car and the car's active reservation",
+            response_model=Device, tags=["devices"],
+            responses={404: problem(404, "No such device, or its car is not visible to this key",
+                                    "device dev-000042 not found"), **COMMON})  # fmt: skip
+async def get_device(
+    device_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,64}$", examples=["dev-000042"])],
+    svc: Svc, key: Key,
+) -> Any:  # fmt: skip
+    """The device's deviceinfo row merged with its carinfo row and the car's active reservation, from the
+    snapshot. Visible when the key may ``vehicles:Get`` the device's car."""
+    merged = await svc.snapshot.lookup("deviceinfo", device_id)
+    device = merged.rows.get("deviceinfo")
+    car = merged.rows.get("carinfo")
+    if device is None or not svc.allowed(key, "vehicles:Get", tags_of(car)):
+        raise Problem(404, f"device {device_id} not found")
+    return {"device_id": device_id, "device": device, "car": car, "reservation": merged.rows.get("reservation"),
+            "positions": merged.positions}  # fmt: skip

@@ -1,0 +1,159 @@
+"""``enrich api``: serve the HTTP API; ``enrich api keys create|list|revoke``; ``enrich api policies check``."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import redis.asyncio as aioredis
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from enrich.rules.model import RuleError, parse_duration
+from enrich.settings import get_settings
+from stores.apikeys import RedisApiKeyStore
+
+api_app = typer.Typer(help="The HTTP API: serve it, manage its API keys, check its access policies.",
+                      invoke_without_command=True)  # fmt: skip
+keys_app = typer.Typer(help="API keys (stored hashed in Redis; the key is shown once, at creation).")
+policies_app = typer.Typer(help="Cedar access policies of the API.")
+api_app.add_typer(keys_app, name="keys")
+api_app.add_typer(policies_app, name="policies")
+console = Console()
+TAG = re.compile(r"^([A-Za-z_][A-Za-z0-9_]{0,31})=([^\x00-\x1f]{1,64})$")
+
+
+@api_app.callback()
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="Bind address (default ENRICH_API_HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default ENRICH_API_PORT)")] = None,
+) -> None:
+    """Serve the HTTP API (when no subcommand is given). Refuses to start on an invalid policy file."""
+    if ctx.invoked_subcommand is not None:
+        return
+    import uvicorn
+
+    from api.main import create_app
+    from api.policy import PolicyError
+
+    settings = get_settings()
+    try:
+        app = create_app(settings)
+    except PolicyError as exc:
+        console.print(f"[red]refusing to start:[/] {exc}")
+        raise typer.Exit(2) from exc
+    uvicorn.run(app, host=host or settings.api_host, port=port or settings.api_port, log_level="warning",
+                access_log=False)  # fmt: skip
+
+
+def _store() -> tuple[RedisApiKeyStore, aioredis.Redis]:
+    s = get_settings()
+    client = aioredis.Redis.from_url(s.redis_url)
+    return RedisApiKeyStore(client, s.api_prefix), client
+
+
+def _parse_tags(tags: list[str]) -> dict[str, str]:
+    from api.policy import load_policy_files
+
+    s = get_settings()
+    allowed = load_policy_files(s.api_policies, s.api_policy_schema).principal_attrs
+    out: dict[str, str] = {}
+    for t in tags:
+        m = TAG.match(t)
+        if not m:
+            raise typer.BadParameter(f"{t!r}: use name=value")
+        if m.group(1) not in allowed:
+            raise typer.BadParameter(f"{t!r}: the Cedar schema declares these key tags: {', '.join(sorted(allowed))}")
+        out[m.group(1)] = m.group(2)
+    return out
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="Who or what uses the key")],
+    tag: Annotated[list[str] | None, typer.Option(help="A tag name=value (repeatable), e.g. environment=beta")] = None,
+    expires_in: Annotated[str | None, typer.Option(help="Expire after e.g. 30m, 12h, 720h")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the key as JSON")] = False,
+) -> None:
+    """Create a key. It is printed once and cannot be shown again (only its hash is stored)."""
+    tags = _parse_tags(tag or [])
+    try:
+        expires = int(time.time() * 1000) + parse_duration(expires_in) if expires_in else None
+    except RuleError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+    async def go() -> tuple[dict[str, object], str]:
+        store, client = _store()
+        try:
+            key, token = await store.create(name[:100], tags, expires)
+            return key.public(), token
+        finally:
+            await client.aclose()
+
+    public, token = asyncio.run(go())
+    if json_out:
+        print(orjson.dumps({**public, "key": token}).decode())
+        return
+    console.print(f"key {public['id']} for {name}, tags {tags or '{}'}; store it now, it is not shown again:")
+    print(token)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """Keys with their tags, expiry and revocation (never the keys themselves)."""
+
+    async def go() -> list[dict[str, object]]:
+        store, client = _store()
+        try:
+            return [k.public() for k in await store.list()]
+        finally:
+            await client.aclose()
+
+    table = Table("id", "name", "tags", "created", "expires", "revoked")
+    fmt = lambda ms: time.strftime("%Y-%m-%d %H:%M", time.localtime(int(ms) / 1000)) if ms else "-"  # noqa: E731
+    for k in asyncio.run(go()):
+        tags = ",".join(f"{a}={b}" for a, b in dict(k["tags"]).items())  # type: ignore[call-overload]
+        table.add_row(str(k["id"]), str(k["name"]), tags, fmt(k["created_at"]), fmt(k["expires_at"]),
+                      fmt(k["revoked_at"]))  # fmt: skip
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (from `keys list`)")]) -> None:
+    """Revoke a key (takes effect within a second on every API process)."""
+
+    async def go() -> bool:
+        store, client = _store()
+        try:
+            return await store.revoke(key_id)
+        finally:
+            await client.aclose()
+
+    if not asyncio.run(go()):
+        console.print(f"[red]no key {key_id}[/]")
+        raise typer.Exit(1)
+    console.print(f"revoked {key_id}")
+
+
+@policies_app.command("check")
+def policies_check(
+    file: Annotated[Path | None, typer.Argument(help="Policy file (default ENRICH_API_POLICIES or the built-in)")] = None,
+    schema: Annotated[Path | None, typer.Option(help="Cedar schema (JSON; default the built-in)")] = None,
+) -> None:
+    """Parse the policies and validate them against the Cedar schema; errors name their line."""
+    from api.policy import PolicyError, load_policy_files
+
+    s = get_settings()
+    try:
+        p = load_policy_files(file or s.api_policies, schema or s.api_policy_schema)
+    except PolicyError as exc:
+        console.print(f"[red]invalid:[/] {exc}")
+        raise typer.Exit(1) from exc
+    console.print(f"ok: {p.source} — decisions read resource attributes {sorted(p.reads) or 'none'}; "
+                  f"keys may carry tags {sorted(p.principal_attrs)}")  # fmt: skip
