@@ -50,7 +50,7 @@ def problem_response(
     status: int, detail: str, instance: str, headers: dict[str, str] | None = None, **extra: Any
 ) -> Response:
     slug, title = TITLES.get(status, ("error", "Error"))
-    body = {"type": BASE + slug, "title": title, "status": status, "detail": detail[:500], "instance": instance,
+    body = {"type": BASE + slug, "title": title, "status": status, "detail": detail[:500], "instance": instance[:200],
             **extra}  # fmt: skip
     return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
