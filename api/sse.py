@@ -37,9 +37,13 @@ MAX_REPLAY = 5000
 
 @dataclass(frozen=True, slots=True)
 class Interest:
-    key: ApiKey
+    key: ApiKey = field(compare=False, hash=False)
     car_id: int | None = None  # one vehicle's stream
     fleet: str | None = None  # the fleet stream's filter (None: every vehicle the key may list)
+    key_id: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key_id", self.key.id)
 
 
 @dataclass(eq=False)

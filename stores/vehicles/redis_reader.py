@@ -61,7 +61,7 @@ class RedisVehicleReader:
         prefix: str = "state:",
         *,
         tag_columns: Collection[str] = TAG_COLUMNS,
-        classes_ttl_s: float = 1.0,
+        classes_ttl_s: float = 30.0,
     ) -> None:
         self.client = client
         self.keys = Keys(prefix)
@@ -93,9 +93,12 @@ class RedisVehicleReader:
         return {c: r for c, r in zip(car_ids, raws, strict=True) if r is not None}
 
     async def classes(self) -> dict[str, Tags]:
-        """Every tag class seen (id → tags); cached for ``classes_ttl_s``."""
+        """Every tag class seen (id → tags). Classes are only ever added, so the cache is refreshed when
+        the registry's size changed (one HLEN), or after ``classes_ttl_s``: a new class is seen at once."""
         now = time.monotonic()
-        if now - self._classes_at > self.classes_ttl_s:
+        if now - self._classes_at > self.classes_ttl_s or await self.client.hlen(self.keys.classes) != len(
+            self._classes
+        ):
             raw: dict[bytes, bytes] = await self.client.hgetall(self.keys.classes)
             self._classes = {k.decode(): orjson.loads(v) for k, v in raw.items()}
             self._classes_at = now
