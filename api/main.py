@@ -29,7 +29,7 @@ from api import problems, routes_events, routes_incidents, routes_vehicles
 from api.alerts_adapter import Silences
 from api.cursor import Cursors
 from api.deps import Services
-from api.metrics import ApiMetrics, MetricsMiddleware
+from api.metrics import ApiMetrics, BodyLimit, MetricsMiddleware
 from api.models import Health, Ready
 from api.policy import Policies, load_policy_files
 from api.sse import Broker
@@ -96,6 +96,7 @@ def create_app(settings: Settings | None = None, policies: Policies | None = Non
     app.state.metrics = ApiMetrics()
     app.state.kafka = (0.0, False)
     problems.install(app)
+    app.add_middleware(BodyLimit, limit=16_384)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     app.include_router(routes_vehicles.router)
     app.include_router(routes_incidents.router)

@@ -52,3 +52,42 @@ class MetricsMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_wrapper)
+
+
+class BodyLimit:
+    """Refuses request bodies over ``limit`` bytes with a 413 problem (declared length or streamed)."""
+
+    def __init__(self, app: ASGIApp, limit: int = 16_384) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from api.problems import problem_response
+
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        too_big = problem_response(413, f"request body over {self.limit} bytes", str(scope.get("path", ""))[:200])
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await too_big(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await too_big(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass

@@ -91,6 +91,8 @@ async def list_silences(svc: Svc, key: Key) -> Any:
 @router.post("/silences", tags=["silences"], status_code=201, summary="Create a silence", response_model=Silence,
              responses={403: problem(403, "The policies do not allow a silence with these tags",
                                      'not allowed to create a silence with tags {"environment": "prod"}'),
+                        400: problem(400, "The body is not JSON", "There was an error parsing the body"),
+                        413: problem(413, "The body is larger than 16 KiB", "request body over 16384 bytes"),
                         **COMMON})  # fmt: skip
 async def create_silence(body: SilenceIn, svc: Svc, key: Key) -> Any:
     """Mute alerts matching every matcher for ``duration``. The silence's tags (its equality matchers on
