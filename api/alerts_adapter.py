@@ -45,12 +45,20 @@ class Silences:
         self.key = f"{alerts_prefix}silences"
 
     async def all(self) -> list[SilenceDoc]:
-        raw: dict[bytes, bytes] = await self.client.hgetall(self.key)
+        raw: Any = await self.client.hgetall(self.key)
         out = []
         for sid, value in raw.items():
             d = orjson.loads(value)
-            out.append(SilenceDoc(sid.decode(), list(d["matchers"]), int(d["starts_at"]), int(d["ends_at"]),
-                                  d.get("created_by", ""), d.get("comment", "")))  # fmt: skip
+            out.append(
+                SilenceDoc(
+                    sid.decode(),
+                    list(d["matchers"]),
+                    int(d["starts_at"]),
+                    int(d["ends_at"]),
+                    d.get("created_by", ""),
+                    d.get("comment", ""),
+                )
+            )
         return sorted(out, key=lambda s: (s.starts_at, s.id))
 
     async def get(self, sid: str) -> SilenceDoc | None:
@@ -58,15 +66,28 @@ class Silences:
         if raw is None:
             return None
         d = orjson.loads(raw)
-        return SilenceDoc(sid, list(d["matchers"]), int(d["starts_at"]), int(d["ends_at"]),
-                          d.get("created_by", ""), d.get("comment", ""))  # fmt: skip
+        return SilenceDoc(
+            sid,
+            list(d["matchers"]),
+            int(d["starts_at"]),
+            int(d["ends_at"]),
+            d.get("created_by", ""),
+            d.get("comment", ""),
+        )
 
-    async def add(self, matchers: list[str], duration_ms: int, *, created_by: str, comment: str) -> SilenceDoc:
+    async def add(
+        self, matchers: list[str], duration_ms: int, *, created_by: str, comment: str
+    ) -> SilenceDoc:
         parse_all(matchers)  # raises AlertsError on a bad matcher
         start = int(time.time() * 1000)
         doc = SilenceDoc(uuid.uuid4().hex[:12], matchers, start, start + duration_ms, created_by, comment)
-        body = {"matchers": matchers, "starts_at": doc.starts_at, "ends_at": doc.ends_at,
-                "created_by": created_by, "comment": comment}  # fmt: skip
+        body = {
+            "matchers": matchers,
+            "starts_at": doc.starts_at,
+            "ends_at": doc.ends_at,
+            "created_by": created_by,
+            "comment": comment,
+        }
         await self.client.hset(self.key, doc.id, orjson.dumps(body))
         return doc
 
@@ -82,5 +103,5 @@ class Silences:
 
 async def delivery_log(client: aioredis.Redis, alerts_prefix: str, incident_id: str) -> dict[str, Any]:
     """The delivery log of an incident: receiver → status, attempts, last error, HTTP status, time, job."""
-    raw: dict[bytes, bytes] = await client.hgetall(f"{alerts_prefix}log:{incident_id}")
+    raw: Any = await client.hgetall(f"{alerts_prefix}log:{incident_id}")
     return {k.decode(): orjson.loads(v) for k, v in raw.items()}

@@ -47,8 +47,8 @@ async def _cursor_secret(client: aioredis.Redis, prefix: str) -> bytes:
     """One cursor key shared by every API process on this Redis (cursors work across replicas)."""
     key = f"{prefix}cursor-secret"
     await client.set(key, secrets.token_hex(32), nx=True)
-    value: bytes = await client.get(key)
-    return value
+    value: Any = await client.get(key)
+    return bytes(value)
 
 
 @asynccontextmanager
@@ -109,8 +109,13 @@ def create_app(settings: Settings | None = None, policies: Policies | None = Non
 def _openapi(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema:
         return app.openapi_schema
-    doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes,
-                      tags=app.openapi_tags)  # fmt: skip
+    doc = get_openapi(
+        title=app.title,
+        version=app.version,
+        description=app.description,
+        routes=app.routes,
+        tags=app.openapi_tags,
+    )
     doc.setdefault("components", {}).setdefault("schemas", {})["Problem"] = problems.PROBLEM_SCHEMA
     # FastAPI documents its own 422 body; ours is a problem (RFC 9457)
     for path in doc.get("paths", {}).values():
@@ -140,7 +145,7 @@ async def _kafka_ok(app: FastAPI) -> bool:
 
     ok = await asyncio.to_thread(probe)
     app.state.kafka = (time.monotonic(), ok)
-    return ok
+    return bool(ok)
 
 
 def _ops(app: FastAPI) -> None:
@@ -148,8 +153,13 @@ def _ops(app: FastAPI) -> None:
     async def healthz() -> Any:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["ops"], response_model=Ready, summary="Redis and Kafka reachable",
-             responses={503: {"description": "Not ready", "model": Ready}})  # fmt: skip
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        response_model=Ready,
+        summary="Redis and Kafka reachable",
+        responses={503: {"description": "Not ready", "model": Ready}},
+    )
     async def readyz(request: Request) -> Any:
         svc: Services = request.app.state.services
         try:
@@ -164,8 +174,13 @@ def _ops(app: FastAPI) -> None:
             return Response(orjson.dumps(body), status_code=503, media_type="application/json")
         return body
 
-    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", response_class=Response,
-             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})  # fmt: skip
+    @app.get(
+        "/metrics",
+        tags=["ops"],
+        summary="Prometheus metrics",
+        response_class=Response,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     async def metrics(request: Request) -> Response:
         m: ApiMetrics = request.app.state.metrics
         svc: Services | None = getattr(request.app.state, "services", None)

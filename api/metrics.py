@@ -13,21 +13,38 @@ class ApiMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.requests = Counter("enrich_api_requests_total", "HTTP requests", ["route", "method", "status"],
-                                registry=r)  # fmt: skip
+        self.requests = Counter(
+            "enrich_api_requests_total", "HTTP requests", ["route", "method", "status"], registry=r
+        )
         self.latency = Histogram(
-            "enrich_api_request_seconds", "HTTP request latency (to the response start)", ["route"],
-            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0), registry=r,
-        )  # fmt: skip
-        self.decisions = Counter("enrich_api_authz_decisions_total", "Access decisions (served from the "
-                                 "per-class cache or Cedar)", ["action", "result"], registry=r)  # fmt: skip
-        self.scanned = Histogram("enrich_api_list_index_entries", "Index entries a list request looked at",
-                                 ["kind"], buckets=(10, 100, 500, 1000, 5000, 10000), registry=r)  # fmt: skip
+            "enrich_api_request_seconds",
+            "HTTP request latency (to the response start)",
+            ["route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
+        self.decisions = Counter(
+            "enrich_api_authz_decisions_total",
+            "Access decisions (served from the per-class cache or Cedar)",
+            ["action", "result"],
+            registry=r,
+        )
+        self.scanned = Histogram(
+            "enrich_api_list_index_entries",
+            "Index entries a list request looked at",
+            ["kind"],
+            buckets=(10, 100, 500, 1000, 5000, 10000),
+            registry=r,
+        )
         self.sse_clients = Gauge("enrich_api_sse_clients", "Connected server-sent-event clients", registry=r)
-        self.sse_dropped = Counter("enrich_api_sse_overflows_total", "SSE clients cut off for reading too "
-                                   "slowly (they resume with Last-Event-ID)", registry=r)  # fmt: skip
-        self.redis_errors = Counter("enrich_api_redis_errors_total", "Requests that failed on Redis",
-                                    registry=r)  # fmt: skip
+        self.sse_dropped = Counter(
+            "enrich_api_sse_overflows_total",
+            "SSE clients cut off for reading too slowly (they resume with Last-Event-ID)",
+            registry=r,
+        )
+        self.redis_errors = Counter(
+            "enrich_api_redis_errors_total", "Requests that failed on Redis", registry=r
+        )
 
 
 class MetricsMiddleware:
@@ -68,7 +85,9 @@ class BodyLimit:
         from api.problems import problem_response
 
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        too_big = problem_response(413, f"request body over {self.limit} bytes", str(scope.get("path", ""))[:200])
+        too_big = problem_response(
+            413, f"request body over {self.limit} bytes", str(scope.get("path", ""))[:200]
+        )
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
             await too_big(scope, receive, send)
             return
@@ -80,14 +99,14 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise _TooLarge
+                    raise _TooLargeError
             return message
 
         try:
             await self.app(scope, limited, send)
-        except _TooLarge:
+        except _TooLargeError:
             await too_big(scope, receive, send)
 
 
-class _TooLarge(Exception):
+class _TooLargeError(Exception):
     pass

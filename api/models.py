@@ -7,22 +7,44 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-CAR = {"car_id": 1042, "plate": "12가3456", "model": "Kia Niro EV", "fleet": "seoul-gangnam", "status": "ACTIVE",
-       "zone": "Z07", "environment": "beta", "stage": "pilot", "updated_at": 1718000000000}  # fmt: skip
-STATE = {
-    "car_id": 1042, "last_seen": 1718000060000, "location": {"lat": 37.5, "lon": 127.03},
+CAR: Any = {
+    "car_id": 1042,
+    "plate": "12가3456",
+    "model": "Kia Niro EV",
+    "fleet": "seoul-gangnam",
+    "status": "ACTIVE",
+    "zone": "Z07",
+    "environment": "beta",
+    "stage": "pilot",
+    "updated_at": 1718000000000,
+}
+STATE: Any = {
+    "car_id": 1042,
+    "last_seen": 1718000060000,
+    "location": {"lat": 37.5, "lon": 127.03},
     "signals": {"Vehicle.Speed": {"value": 42.0, "ts": 1718000060000, "seq": 981, "device_id": "dev-000042"}},
-    "car": CAR, "reservation": None, "devices": ["dev-000042"], "updated_at": 1718000060042, "version": 57,
-}  # fmt: skip
-INCIDENT = {
-    "incident_id": "headlights-left-on:1042:1718000300000", "fingerprint": "9f2c4b1a7d3e8f60",
-    "rule_id": "headlights-left-on", "status": "firing", "severity": "warning", "car_id": 1042,
-    "device_id": "dev-000042", "labels": {"alertname": "headlights-left-on", "fleet": "seoul-gangnam"},
+    "car": CAR,
+    "reservation": None,
+    "devices": ["dev-000042"],
+    "updated_at": 1718000060042,
+    "version": 57,
+}
+INCIDENT: Any = {
+    "incident_id": "headlights-left-on:1042:1718000300000",
+    "fingerprint": "9f2c4b1a7d3e8f60",
+    "rule_id": "headlights-left-on",
+    "status": "firing",
+    "severity": "warning",
+    "car_id": 1042,
+    "device_id": "dev-000042",
+    "labels": {"alertname": "headlights-left-on", "fleet": "seoul-gangnam"},
     "annotations": {"summary": "Headlights on while the engine is off and every door is closed"},
-    "starts_at": 1718000300000, "ends_at": None, "generated_at": 1718000360120,
+    "starts_at": 1718000300000,
+    "ends_at": None,
+    "generated_at": 1718000360120,
     "snapshot": {"car": CAR, "reservation": None, "signals": {"Vehicle.Body.Lights.Beam.Low.IsOn": True}},
     "tags": {"environment": "beta", "stage": "pilot", "fleet": "seoul-gangnam"},
-}  # fmt: skip
+}
 
 Scalar = float | int | bool | str | None
 
@@ -73,14 +95,17 @@ class Incident(BaseModel):
 
 
 class VehicleDetail(VehicleState):
-    model_config = ConfigDict(json_schema_extra={"example": {**STATE, "tags": INCIDENT["tags"],
-                                                             "active_incidents": [INCIDENT]}})  # fmt: skip
+    model_config = ConfigDict(
+        json_schema_extra={"example": {**STATE, "tags": INCIDENT["tags"], "active_incidents": [INCIDENT]}}
+    )
     tags: dict[str, str] = Field(description="Resource tags of the vehicle (from its carinfo row)")
     active_incidents: list[Incident] = Field(description="Firing incidents of the vehicle")
 
 
 class VehiclePage(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"example": {"items": [STATE], "next_cursor": "dmVoaWNsZXN8MTA0Mn…"}})
+    model_config = ConfigDict(
+        json_schema_extra={"example": {"items": [STATE], "next_cursor": "dmVoaWNsZXN8MTA0Mn…"}}
+    )
     items: list[VehicleState]
     next_cursor: str | None = Field(
         description="Pass as ?cursor= (with the same filters) for the next page; null when this is the last. "
@@ -105,18 +130,42 @@ class Delivery(BaseModel):
 
 
 class IncidentDetail(Incident):
-    model_config = ConfigDict(json_schema_extra={"example": {**INCIDENT, "deliveries": {"ops": {
-        "status": "delivered", "attempts": 1, "last_error": None, "http_status": 200, "at": 1718000361000,
-        "job": "msg_2b7c"}}}})  # fmt: skip
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                **INCIDENT,
+                "deliveries": {
+                    "ops": {
+                        "status": "delivered",
+                        "attempts": 1,
+                        "last_error": None,
+                        "http_status": 200,
+                        "at": 1718000361000,
+                        "job": "msg_2b7c",
+                    }
+                },
+            }
+        }
+    )
     deliveries: dict[str, Delivery] = Field(description="Delivery log per receiver (from the alerts outbox)")
 
 
 class Device(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"example": {
-        "device_id": "dev-000042", "device": {"device_id": "dev-000042", "car_id": 1042, "kind": "telematics"},
-        "car": CAR, "reservation": None,
-        "positions": {"deviceinfo": "00000000000000000042", "carinfo": "00000000000000000007", "reservation": None},
-    }})  # fmt: skip
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "device_id": "dev-000042",
+                "device": {"device_id": "dev-000042", "car_id": 1042, "kind": "telematics"},
+                "car": CAR,
+                "reservation": None,
+                "positions": {
+                    "deviceinfo": "00000000000000000042",
+                    "carinfo": "00000000000000000007",
+                    "reservation": None,
+                },
+            }
+        }
+    )
     device_id: str
     device: dict[str, Any]
     car: dict[str, Any] | None
@@ -128,21 +177,45 @@ MATCHER = r'^\s*[A-Za-z_][A-Za-z0-9_]*\s*(=~|!~|!=|=)\s*("(?:[^"\\]|\\.)*"|\S*)\
 
 
 class SilenceIn(BaseModel):
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {
-        "matchers": ['environment="beta"', 'alertname="headlights-left-on"'], "duration": "2h",
-        "comment": "bulb replacement in the beta fleet"}})  # fmt: skip
-    matchers: list[Annotated[str, Field(max_length=200)]] = Field(min_length=1, max_length=20, description=(
-        'Alertmanager label matchers (name="v", !=, =~, !~). The equality matchers on tag labels '
-        "(environment, stage, fleet) are the tags the silence requests; policies decide on them."))  # fmt: skip
-    duration: str = Field(pattern=r"^[0-9]{1,7}(ms|s|m|h)$", description="How long, e.g. 30m, 2h, 48h (at most 90 days)")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "example": {
+                "matchers": ['environment="beta"', 'alertname="headlights-left-on"'],
+                "duration": "2h",
+                "comment": "bulb replacement in the beta fleet",
+            }
+        },
+    )
+    matchers: list[Annotated[str, Field(max_length=200)]] = Field(
+        min_length=1,
+        max_length=20,
+        description=(
+            'Alertmanager label matchers (name="v", !=, =~, !~). The equality matchers on tag labels '
+            "(environment, stage, fleet) are the tags the silence requests; policies decide on them."
+        ),
+    )
+    duration: str = Field(
+        pattern=r"^[0-9]{1,7}(ms|s|m|h)$", description="How long, e.g. 30m, 2h, 48h (at most 90 days)"
+    )
     comment: str = Field("", max_length=500)
 
 
 class Silence(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"example": {
-        "id": "3f9a1c2b7d4e", "matchers": ['environment="beta"'], "starts_at": 1718000000000,
-        "ends_at": 1718007200000, "created_by": "partner-beta", "comment": "", "tags": {"environment": "beta"},
-        "active": True}})  # fmt: skip
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "id": "3f9a1c2b7d4e",
+                "matchers": ['environment="beta"'],
+                "starts_at": 1718000000000,
+                "ends_at": 1718007200000,
+                "created_by": "partner-beta",
+                "comment": "",
+                "tags": {"environment": "beta"},
+                "active": True,
+            }
+        }
+    )
     id: str
     matchers: list[str]
     starts_at: int
@@ -154,10 +227,21 @@ class Silence(BaseModel):
 
 
 class Rule(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"example": {
-        "id": "headlights-left-on", "summary": "Headlights on while the engine is off", "description": "",
-        "when": "Vehicle.Body.Lights.Beam.Low.IsOn and not Vehicle.Powertrain.CombustionEngine.IsRunning",
-        "for_ms": 60000, "keep_firing_for_ms": 0, "severity": "warning", "labels": {"audience": "customer"}}})  # fmt: skip
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "id": "headlights-left-on",
+                "summary": "Headlights on while the engine is off",
+                "description": "",
+                "when": "Vehicle.Body.Lights.Beam.Low.IsOn and not "
+                "Vehicle.Powertrain.CombustionEngine.IsRunning",
+                "for_ms": 60000,
+                "keep_firing_for_ms": 0,
+                "severity": "warning",
+                "labels": {"audience": "customer"},
+            }
+        }
+    )
     id: str
     summary: str
     description: str

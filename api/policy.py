@@ -34,13 +34,20 @@ SEED_POLICIES = POLICY_DIR / "seed-example.cedar"
 DEFAULT_SCHEMA = POLICY_DIR / "schema.cedarschema.json"
 
 Action = Literal[
-    "vehicles:Get", "vehicles:List", "incidents:Get", "incidents:List",
-    "silences:List", "silences:Create", "silences:Delete",
-]  # fmt: skip
+    "vehicles:Get",
+    "vehicles:List",
+    "incidents:Get",
+    "incidents:List",
+    "silences:List",
+    "silences:Create",
+    "silences:Delete",
+]
 ResourceType = Literal["Vehicle", "Incident", "Silence"]
 RESOURCE_OF: dict[str, ResourceType] = {
-    "vehicles": "Vehicle", "incidents": "Incident", "silences": "Silence",
-}  # fmt: skip
+    "vehicles": "Vehicle",
+    "incidents": "Incident",
+    "silences": "Silence",
+}
 
 
 class PolicyError(Exception):
@@ -207,8 +214,10 @@ def _schema_info(schema_text: str, source: str) -> tuple[Any, frozenset[str], fr
     if extra:
         raise PolicyError(
             f"the schema declares resource attributes {sorted(extra)} that are not resource tags "
-            f"(indexed tags: {', '.join(TAG_COLUMNS)})", 0, source,
-        )  # fmt: skip
+            f"(indexed tags: {', '.join(TAG_COLUMNS)})",
+            0,
+            source,
+        )
     return schema, frozenset(key_attrs), frozenset(resource_attrs)
 
 

@@ -39,10 +39,12 @@ TITLES = {
 MAX_ERRORS = 20
 
 
-class Problem(Exception):
+class Problem(Exception):  # noqa: N818 (it is the answer, not an error of ours)
     """Raise to answer a problem; ``extra`` members are added to the body."""
 
-    def __init__(self, status: int, detail: str, *, headers: dict[str, str] | None = None, **extra: Any) -> None:
+    def __init__(
+        self, status: int, detail: str, *, headers: dict[str, str] | None = None, **extra: Any
+    ) -> None:
         super().__init__(detail)
         self.status, self.detail, self.headers, self.extra = status, detail, headers or {}, extra
 
@@ -51,8 +53,14 @@ def problem_response(
     status: int, detail: str, instance: str, headers: dict[str, str] | None = None, **extra: Any
 ) -> Response:
     slug, title = TITLES.get(status, ("error", "Error"))
-    body = {"type": BASE + slug, "title": title, "status": status, "detail": detail[:500], "instance": instance[:200],
-            **extra}  # fmt: skip
+    body = {
+        "type": BASE + slug,
+        "title": title,
+        "status": status,
+        "detail": detail[:500],
+        "instance": instance[:200],
+        **extra,
+    }
     return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
@@ -79,8 +87,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid(request: Request, exc: RequestValidationError) -> Response:
-        errors = [{"field": _loc(e.get("loc", ())), "message": str(e.get("msg", ""))[:200]}
-                  for e in exc.errors()[:MAX_ERRORS]]  # fmt: skip
+        errors = [
+            {"field": _loc(e.get("loc", ())), "message": str(e.get("msg", ""))[:200]}
+            for e in exc.errors()[:MAX_ERRORS]
+        ]
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:3])
         return problem_response(422, detail, request.url.path, errors=errors)
 
@@ -101,7 +111,10 @@ PROBLEM_SCHEMA: dict[str, Any] = {
         "instance": {"type": "string"},
         "errors": {
             "type": "array",
-            "items": {"type": "object", "properties": {"field": {"type": "string"}, "message": {"type": "string"}}},
+            "items": {
+                "type": "object",
+                "properties": {"field": {"type": "string"}, "message": {"type": "string"}},
+            },
         },
     },
 }
@@ -110,13 +123,22 @@ PROBLEM_SCHEMA: dict[str, Any] = {
 def problem(status: int, description: str, example_detail: str) -> dict[str, Any]:
     """OpenAPI ``responses`` entry of a problem answer."""
     slug, title = TITLES[status]
-    example = {"type": BASE + slug, "title": title, "status": status, "detail": example_detail,
-               "instance": "/v1/vehicles/1042"}  # fmt: skip
-    return {"description": description,
-            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}, "example": example}}}  # fmt: skip
+    example = {
+        "type": BASE + slug,
+        "title": title,
+        "status": status,
+        "detail": example_detail,
+        "instance": "/v1/vehicles/1042",
+    }
+    return {
+        "description": description,
+        "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}, "example": example}},
+    }
 
 
-COMMON = {
-    401: problem(401, "No valid API key (missing, malformed, unknown, revoked or expired)", "no valid API key"),
+COMMON: dict[int | str, dict[str, Any]] = {
+    401: problem(
+        401, "No valid API key (missing, malformed, unknown, revoked or expired)", "no valid API key"
+    ),
     422: problem(422, "A parameter or the body is out of bounds or malformed", "query.limit: must be <= 500"),
 }

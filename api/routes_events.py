@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Header, Path, Query
@@ -15,23 +15,33 @@ from stores.vehicles import tags_of
 
 router = APIRouter(prefix="/v1", tags=["events"])
 LAST_EVENT_ID = r"^[0-9]{1,20}-[0-9]{1,20}(\.[0-9]{1,9})?$"
-SSE_DOC = {
+SSE_DOC: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "A text/event-stream: `event: state` (data = the vehicle-state document), "
         "`event: incident` (data = incident summary), `event: reset` (events were lost: re-read state). "
         "Each event has an `id`; reconnect with `Last-Event-ID` to resume.",
-        "content": {"text/event-stream": {"schema": {"type": "string"}, "example":
-                    'id: 1718000060000-0.0\nevent: state\ndata: {"car_id": 1042, "version": 58, ...}\n\n'}},
+        "content": {
+            "text/event-stream": {
+                "schema": {"type": "string"},
+                "example": 'id: 1718000060000-0.0\nevent: state\ndata: {"car_id": 1042, "version": 58}\n\n',
+            }
+        },
     }
-}  # fmt: skip
+}
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 LastEventId = Annotated[str | None, Header(alias="Last-Event-ID", pattern=LAST_EVENT_ID, max_length=50)]
 
 
-@router.get("/vehicles/{car_id}/events", summary="Live state changes and incidents of one vehicle",
-            response_class=StreamingResponse,
-            responses={**SSE_DOC, 404: problem(404, "No such vehicle, or not visible", "vehicle 7 not found"),
-                       **COMMON})  # fmt: skip
+@router.get(
+    "/vehicles/{car_id}/events",
+    summary="Live state changes and incidents of one vehicle",
+    response_class=StreamingResponse,
+    responses={
+        **SSE_DOC,
+        404: problem(404, "No such vehicle, or not visible", "vehicle 7 not found"),
+        **COMMON,
+    },
+)
 async def vehicle_events(
     car_id: Annotated[int, Path(ge=0, le=2**53 - 1)], svc: Svc, key: Key, last_event_id: LastEventId = None
 ) -> StreamingResponse:
@@ -43,12 +53,17 @@ async def vehicle_events(
     return StreamingResponse(stream, media_type="text/event-stream", headers=HEADERS)
 
 
-@router.get("/events", summary="Live state changes and incidents of every vehicle the key may list",
-            response_class=StreamingResponse, responses={**SSE_DOC, **COMMON})  # fmt: skip
+@router.get(
+    "/events",
+    summary="Live state changes and incidents of every vehicle the key may list",
+    response_class=StreamingResponse,
+    responses={**SSE_DOC, **COMMON},
+)
 async def fleet_events(
-    svc: Svc, key: Key,
+    svc: Svc,
+    key: Key,
     fleet: Annotated[str | None, Query(pattern=r"^[^\x00-\x1f\x7f]{1,64}$")] = None,
     last_event_id: LastEventId = None,
-) -> StreamingResponse:  # fmt: skip
+) -> StreamingResponse:
     stream = svc.broker.stream(Interest(key, fleet=fleet), last_event_id)
     return StreamingResponse(stream, media_type="text/event-stream", headers=HEADERS)

@@ -21,8 +21,9 @@ from stores.vehicles import BBox, VehicleQuery, tags_of
 router = APIRouter(prefix="/v1", tags=["vehicles"])
 MAX_ID = 2**53 - 1
 TEXT = r"^[^\x00-\x1f\x7f]{1,64}$"
-NOT_FOUND = problem(404, "No such vehicle, or not visible to this key (the same answer for both)",
-                    "vehicle 1042 not found")  # fmt: skip
+NOT_FOUND: dict[str, Any] = problem(
+    404, "No such vehicle, or not visible to this key (the same answer for both)", "vehicle 1042 not found"
+)
 JSON = "application/json"
 
 CarId = Annotated[int, Path(ge=0, le=MAX_ID, description="carinfo.car_id", examples=[1042])]
@@ -44,12 +45,18 @@ def _matches(if_none_match: str | None, etag: str) -> bool:
     "/vehicles/{car_id}",
     summary="Latest state of a vehicle",
     response_model=VehicleDetail,
-    responses={304: {"description": "Not modified (If-None-Match matched the ETag)"}, 404: NOT_FOUND, **COMMON},
+    responses={
+        304: {"description": "Not modified (If-None-Match matched the ETag)"},
+        404: NOT_FOUND,
+        **COMMON,
+    },
 )
 async def get_vehicle(
-    car_id: CarId, svc: Svc, key: Key,
+    car_id: CarId,
+    svc: Svc,
+    key: Key,
     if_none_match: Annotated[str | None, Header(max_length=200)] = None,
-) -> Response:  # fmt: skip
+) -> Response:
     """The vehicle's latest state (signals, location, car and reservation rows), its resource tags and its
     firing incidents. ``ETag`` changes with every state write and incident change; send it back in
     ``If-None-Match`` for a 304."""
@@ -62,7 +69,9 @@ async def get_vehicle(
     etag = _etag(int(doc.get("version") or 0), incidents)
     if _matches(if_none_match, etag):
         return Response(status_code=304, headers={"ETag": etag})
-    out = body[:-1] + b',"tags":' + orjson.dumps(tags) + b',"active_incidents":[' + b",".join(incidents) + b"]}"
+    out = (
+        body[:-1] + b',"tags":' + orjson.dumps(tags) + b',"active_incidents":[' + b",".join(incidents) + b"]}"
+    )
     return Response(out, media_type=JSON, headers={"ETag": etag})
 
 
@@ -78,30 +87,56 @@ def _bbox(text: str | None) -> BBox | None:
     return BBox(s, w, n, e)
 
 
-@router.get("/vehicles", summary="List vehicles (filtered, paged)", response_model=VehiclePage,
-            responses={400: problem(400, "The cursor is malformed, tampered with or from other filters",
-                                    "this cursor belongs to another query (filters changed)"), **COMMON})  # fmt: skip
+@router.get(
+    "/vehicles",
+    summary="List vehicles (filtered, paged)",
+    response_model=VehiclePage,
+    responses={
+        400: problem(
+            400,
+            "The cursor is malformed, tampered with or from other filters",
+            "this cursor belongs to another query (filters changed)",
+        ),
+        **COMMON,
+    },
+)
 async def list_vehicles(
-    svc: Svc, key: Key,
-    fleet: Text = None, model: Text = None,
+    svc: Svc,
+    key: Key,
+    fleet: Text = None,
+    model: Text = None,
     status: Annotated[str | None, Query(pattern=r"^(ACTIVE|MAINTENANCE|RETIRED)$")] = None,
     environment: Text = None,
     has_active_incident: bool | None = None,
     last_seen_after: Annotated[int | None, Query(ge=0, le=MAX_ID, description="epoch ms, exclusive")] = None,
     last_seen_before: Annotated[int | None, Query(ge=0, le=MAX_ID, description="epoch ms, exclusive")] = None,
-    bbox: Annotated[str | None, Query(max_length=100, pattern=r"^[0-9eE.,+-]+$",
-                                      description="south,west,north,east (degrees)",
-                                      examples=["37.45,126.85,37.65,127.15"])] = None,
+    bbox: Annotated[
+        str | None,
+        Query(
+            max_length=100,
+            pattern=r"^[0-9eE.,+-]+$",
+            description="south,west,north,east (degrees)",
+            examples=["37.45,126.85,37.65,127.15"],
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=200, pattern=r"^[A-Za-z0-9_-]+$")] = None,
-) -> Response:  # fmt: skip
+) -> Response:
     """Vehicles the key may see, in car id order, that match every filter given. Served from indexes the
     enrichment flow maintains (no keyspace scans); access is decided once per tag class."""
-    equal = {k: v for k, v in (("fleet", fleet), ("model", model), ("status", status),
-                               ("environment", environment)) if v is not None}  # fmt: skip
+    equal = {
+        k: v
+        for k, v in (("fleet", fleet), ("model", model), ("status", status), ("environment", environment))
+        if v is not None
+    }
     q = VehicleQuery(equal, has_active_incident, last_seen_after, last_seen_before, _bbox(bbox))
-    ident: dict[str, Any] = {**equal, "active": has_active_incident, "after": last_seen_after,
-                             "before": last_seen_before, "bbox": bbox}  # fmt: skip
+    ident: dict[str, Any] = {
+        **equal,
+        "active": has_active_incident,
+        "after": last_seen_after,
+        "before": last_seen_before,
+        "bbox": bbox,
+    }
     after = None
     if cursor is not None:
         try:
@@ -116,14 +151,23 @@ async def list_vehicles(
     return Response(body, media_type=JSON)
 
 
-@router.get("/devices/{device_id}", summary="A device with its car and the car's active reservation",
-            response_model=Device, tags=["devices"],
-            responses={404: problem(404, "No such device, or its car is not visible to this key",
-                                    "device dev-000042 not found"), **COMMON})  # fmt: skip
+@router.get(
+    "/devices/{device_id}",
+    summary="A device with its car and the car's active reservation",
+    response_model=Device,
+    tags=["devices"],
+    responses={
+        404: problem(
+            404, "No such device, or its car is not visible to this key", "device dev-000042 not found"
+        ),
+        **COMMON,
+    },
+)
 async def get_device(
     device_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,64}$", examples=["dev-000042"])],
-    svc: Svc, key: Key,
-) -> Any:  # fmt: skip
+    svc: Svc,
+    key: Key,
+) -> Any:
     """The device's deviceinfo row merged with its carinfo row and the car's active reservation, from the
     snapshot. Visible when the key may ``vehicles:Get`` the device's car."""
     merged = await svc.snapshot.lookup("deviceinfo", device_id)
@@ -131,5 +175,10 @@ async def get_device(
     car = merged.rows.get("carinfo")
     if device is None or not svc.allowed(key, "vehicles:Get", tags_of(car)):
         raise Problem(404, f"device {device_id} not found")
-    return {"device_id": device_id, "device": device, "car": car, "reservation": merged.rows.get("reservation"),
-            "positions": merged.positions}  # fmt: skip
+    return {
+        "device_id": device_id,
+        "device": device,
+        "car": car,
+        "reservation": merged.rows.get("reservation"),
+        "positions": merged.positions,
+    }

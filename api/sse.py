@@ -18,6 +18,7 @@ Authorisation per event: ``vehicles:Get``/``incidents:Get`` for a vehicle's stre
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -78,10 +79,8 @@ class Broker:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
 
     @property
     def clients(self) -> int:
@@ -106,7 +105,9 @@ class Broker:
         classes = await self.reader.classes()
         return classes.get(cid)
 
-    async def render(self, interest: Interest, change: Change, docs: dict[int, bytes], skip: int = -1) -> bytes:
+    async def render(
+        self, interest: Interest, change: Change, docs: dict[int, bytes], skip: int = -1
+    ) -> bytes:
         """The SSE text of one stream entry for one interest (events with index <= ``skip`` left out)."""
         parts: list[bytes] = []
         n = 0
@@ -199,12 +200,15 @@ class Broker:
             skip = int(idx) if idx else 10**9
             stream_id_before(eid)
         except ValueError:
-            yield b"event: reset\ndata: {\"reason\": \"unknown Last-Event-ID\"}\n\n", self.position or "0-0"
+            yield b'event: reset\ndata: {"reason": "unknown Last-Event-ID"}\n\n', self.position or "0-0"
             return
         first, _last = await self.reader.change_bounds()
         after = stream_id_before(eid)
         if first is None or stream_id_after(first, eid):
-            yield b"event: reset\ndata: {\"reason\": \"events after Last-Event-ID are no longer retained\"}\n\n", after
+            yield (
+                b'event: reset\ndata: {"reason": "events after Last-Event-ID are no longer retained"}\n\n',
+                after,
+            )
         sent = 0
         while sent < MAX_REPLAY:
             changes = await self.reader.changes(after, count=100)

@@ -1,4 +1,5 @@
-"""``enrich api``: serve the HTTP API; ``enrich api keys create|list|revoke``; ``enrich api policies check``."""
+"""``enrich api``: serve the HTTP API; ``enrich api keys create|list|revoke``; ``enrich api policies
+check``."""
 
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ from enrich.rules.model import RuleError, parse_duration
 from enrich.settings import get_settings
 from stores.apikeys import RedisApiKeyStore
 
-api_app = typer.Typer(help="The HTTP API: serve it, manage its API keys, check its access policies.",
-                      invoke_without_command=True)  # fmt: skip
+api_app = typer.Typer(
+    help="The HTTP API: serve it, manage its API keys, check its access policies.",
+    invoke_without_command=True,
+)
 keys_app = typer.Typer(help="API keys (stored hashed in Redis; the key is shown once, at creation).")
 policies_app = typer.Typer(help="Cedar access policies of the API.")
 api_app.add_typer(keys_app, name="keys")
@@ -48,8 +51,13 @@ def serve(
     except PolicyError as exc:
         console.print(f"[red]refusing to start:[/] {exc}")
         raise typer.Exit(2) from exc
-    uvicorn.run(app, host=host or settings.api_host, port=port or settings.api_port, log_level="warning",
-                access_log=False)  # fmt: skip
+    uvicorn.run(
+        app,
+        host=host or settings.api_host,
+        port=port or settings.api_port,
+        log_level="warning",
+        access_log=False,
+    )
 
 
 def _store() -> tuple[RedisApiKeyStore, aioredis.Redis]:
@@ -69,7 +77,9 @@ def _parse_tags(tags: list[str]) -> dict[str, str]:
         if not m:
             raise typer.BadParameter(f"{t!r}: use name=value")
         if m.group(1) not in allowed:
-            raise typer.BadParameter(f"{t!r}: the Cedar schema declares these key tags: {', '.join(sorted(allowed))}")
+            raise typer.BadParameter(
+                f"{t!r}: the Cedar schema declares these key tags: {', '.join(sorted(allowed))}"
+            )
         out[m.group(1)] = m.group(2)
     return out
 
@@ -77,7 +87,9 @@ def _parse_tags(tags: list[str]) -> dict[str, str]:
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option(help="Who or what uses the key")],
-    tag: Annotated[list[str] | None, typer.Option(help="A tag name=value (repeatable), e.g. environment=beta")] = None,
+    tag: Annotated[
+        list[str] | None, typer.Option(help="A tag name=value (repeatable), e.g. environment=beta")
+    ] = None,
     expires_in: Annotated[str | None, typer.Option(help="Expire after e.g. 30m, 12h, 720h")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the key as JSON")] = False,
 ) -> None:
@@ -104,6 +116,10 @@ def keys_create(
     print(token)
 
 
+def fmt(ms: object) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(int(str(ms)) / 1000)) if ms else "-"
+
+
 @keys_app.command("list")
 def keys_list() -> None:
     """Keys with their tags, expiry and revocation (never the keys themselves)."""
@@ -116,11 +132,16 @@ def keys_list() -> None:
             await client.aclose()
 
     table = Table("id", "name", "tags", "created", "expires", "revoked")
-    fmt = lambda ms: time.strftime("%Y-%m-%d %H:%M", time.localtime(int(ms) / 1000)) if ms else "-"  # noqa: E731
     for k in asyncio.run(go()):
         tags = ",".join(f"{a}={b}" for a, b in dict(k["tags"]).items())  # type: ignore[call-overload]
-        table.add_row(str(k["id"]), str(k["name"]), tags, fmt(k["created_at"]), fmt(k["expires_at"]),
-                      fmt(k["revoked_at"]))  # fmt: skip
+        table.add_row(
+            str(k["id"]),
+            str(k["name"]),
+            tags,
+            fmt(k["created_at"]),
+            fmt(k["expires_at"]),
+            fmt(k["revoked_at"]),
+        )
     console.print(table)
 
 
@@ -143,7 +164,9 @@ def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key's id (from `
 
 @policies_app.command("check")
 def policies_check(
-    file: Annotated[Path | None, typer.Argument(help="Policy file (default ENRICH_API_POLICIES or the built-in)")] = None,
+    file: Annotated[
+        Path | None, typer.Argument(help="Policy file (default ENRICH_API_POLICIES or the built-in)")
+    ] = None,
     schema: Annotated[Path | None, typer.Option(help="Cedar schema (JSON; default the built-in)")] = None,
 ) -> None:
     """Parse the policies and validate them against the Cedar schema; errors name their line."""
@@ -155,5 +178,7 @@ def policies_check(
     except PolicyError as exc:
         console.print(f"[red]invalid:[/] {exc}")
         raise typer.Exit(1) from exc
-    console.print(f"ok: {p.source} — decisions read resource attributes {sorted(p.reads) or 'none'}; "
-                  f"keys may carry tags {sorted(p.principal_attrs)}")  # fmt: skip
+    console.print(
+        f"ok: {p.source} — decisions read resource attributes {sorted(p.reads) or 'none'}; "
+        f"keys may carry tags {sorted(p.principal_attrs)}"
+    )

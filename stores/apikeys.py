@@ -19,7 +19,7 @@ import secrets
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 import redis.asyncio as aioredis
@@ -42,8 +42,14 @@ class ApiKey:
         return self.revoked_at is None and (self.expires_at is None or now_ms < self.expires_at)
 
     def public(self) -> dict[str, object]:
-        return {"id": self.id, "name": self.name, "tags": self.tags, "created_at": self.created_at,
-                "expires_at": self.expires_at, "revoked_at": self.revoked_at}  # fmt: skip
+        return {
+            "id": self.id,
+            "name": self.name,
+            "tags": self.tags,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "revoked_at": self.revoked_at,
+        }
 
 
 def _digest(token: str) -> str:
@@ -64,7 +70,9 @@ def key_id_of(token: str) -> str | None:
 
 
 class ApiKeyStore(Protocol):
-    async def create(self, name: str, tags: Mapping[str, str], expires_at: int | None = None) -> tuple[ApiKey, str]: ...
+    async def create(
+        self, name: str, tags: Mapping[str, str], expires_at: int | None = None
+    ) -> tuple[ApiKey, str]: ...
 
     async def get(self, key_id: str) -> ApiKey | None: ...
 
@@ -102,27 +110,39 @@ class RedisApiKeyStore:
         kid, token = new_token()
         key = ApiKey(kid, name, dict(tags), _now(), expires_at, None, _digest(token))
         pipe = self.client.pipeline(transaction=True)
-        pipe.hset(self._key(kid), mapping={
-            "name": name, "tags": orjson.dumps(key.tags), "sha256": key.sha256, "created_at": key.created_at,
-            "expires_at": "" if expires_at is None else expires_at, "revoked_at": "",
-        })  # fmt: skip
+        pipe.hset(
+            self._key(kid),
+            mapping={
+                "name": name,
+                "tags": orjson.dumps(key.tags),
+                "sha256": key.sha256,
+                "created_at": key.created_at,
+                "expires_at": "" if expires_at is None else expires_at,
+                "revoked_at": "",
+            },
+        )
         pipe.sadd(f"{self.prefix}keys", kid)
         await pipe.execute()
         return key, token
 
     async def get(self, key_id: str) -> ApiKey | None:
-        raw: dict[bytes, bytes] = await self.client.hgetall(self._key(key_id))
+        raw: Any = await self.client.hgetall(self._key(key_id))
         if not raw:
             return None
         d = {k.decode(): v.decode() for k, v in raw.items()}
         return ApiKey(
-            key_id, d["name"], orjson.loads(d["tags"]), int(d["created_at"]),
+            key_id,
+            d["name"],
+            orjson.loads(d["tags"]),
+            int(d["created_at"]),
             int(d["expires_at"]) if d.get("expires_at") else None,
-            int(d["revoked_at"]) if d.get("revoked_at") else None, d["sha256"],
-        )  # fmt: skip
+            int(d["revoked_at"]) if d.get("revoked_at") else None,
+            d["sha256"],
+        )
 
     async def list(self) -> list[ApiKey]:
-        ids = sorted(m.decode() for m in await self.client.smembers(f"{self.prefix}keys"))
+        members: Any = await self.client.smembers(f"{self.prefix}keys")
+        ids = sorted(m.decode() for m in members)
         keys = [await self.get(kid) for kid in ids]
         return [k for k in keys if k is not None]
 
@@ -155,5 +175,7 @@ class MemoryApiKeyStore:
         key = self.keys.get(key_id)
         if key is None:
             return False
-        self.keys[key_id] = ApiKey(key.id, key.name, key.tags, key.created_at, key.expires_at, _now(), key.sha256)
+        self.keys[key_id] = ApiKey(
+            key.id, key.name, key.tags, key.created_at, key.expires_at, _now(), key.sha256
+        )
         return True

@@ -45,16 +45,24 @@ class VehicleReader(Protocol):
     async def classes(self) -> dict[str, Tags]: ...
 
     async def list_vehicles(
-        self, q: VehicleQuery, allowed: Collection[str] | None, after: str | None, limit: int,
+        self,
+        q: VehicleQuery,
+        allowed: Collection[str] | None,
+        after: str | None,
+        limit: int,
         max_scan: int = 5000,
-    ) -> Page: ...  # fmt: skip
+    ) -> Page: ...
 
     async def incident(self, incident_id: str) -> bytes | None: ...
 
     async def list_incidents(
-        self, q: IncidentQuery, allowed: Collection[str] | None, after: str | None, limit: int,
+        self,
+        q: IncidentQuery,
+        allowed: Collection[str] | None,
+        after: str | None,
+        limit: int,
         max_scan: int = 5000,
-    ) -> Page: ...  # fmt: skip
+    ) -> Page: ...
 
     async def changes(
         self, after: str | None, count: int = 100, block_ms: int | None = None

@@ -23,16 +23,13 @@ from stores.vehicles.model import (
     incident_member,
     incident_record,
     incident_summary,
-    meta_of,
     tags_of,
 )
 from stores.vehicles.redis_reader import allowed_classes
 
 
 class MemoryVehicleStore:
-    def __init__(
-        self, *, tag_columns: Sequence[str] = TAG_COLUMNS, stream_maxlen: int = 5000
-    ) -> None:
+    def __init__(self, *, tag_columns: Sequence[str] = TAG_COLUMNS, stream_maxlen: int = 5000) -> None:
         self.tag_columns = tuple(tag_columns)
         self.stream_maxlen = stream_maxlen
         self.bodies: dict[int, bytes] = {}
@@ -103,9 +100,13 @@ class MemoryVehicleStore:
         return bool(self.active.get(car))
 
     async def list_vehicles(
-        self, q: VehicleQuery, allowed: Collection[str] | None, after: str | None, limit: int,
+        self,
+        q: VehicleQuery,
+        allowed: Collection[str] | None,
+        after: str | None,
+        limit: int,
         max_scan: int = 5000,
-    ) -> Page:  # fmt: skip
+    ) -> Page:
         ok, _every = allowed_classes(self._classes, allowed, q.equal, self.tag_columns)
         cursor = int(after) if after is not None else None
         ids = sorted(c for c in self.bodies if cursor is None or c > cursor)
@@ -126,17 +127,22 @@ class MemoryVehicleStore:
         return self.incidents.get(incident_id)
 
     async def list_incidents(
-        self, q: IncidentQuery, allowed: Collection[str] | None, after: str | None, limit: int,
+        self,
+        q: IncidentQuery,
+        allowed: Collection[str] | None,
+        after: str | None,
+        limit: int,
         max_scan: int = 5000,
-    ) -> Page:  # fmt: skip
+    ) -> Page:
         ok, _every = allowed_classes(self._classes, allowed, {}, self.tag_columns)
         metas = sorted(self.inc_meta.values(), key=lambda m: m.member, reverse=True)
         low = f"{q.since:013d}" if q.since is not None else ""
         high = f"{q.until:013d}" if q.until is not None else None
         metas = [
-            m for m in metas
+            m
+            for m in metas
             if (after is None or m.member < after) and m.member >= low and (high is None or m.member < high)
-        ]  # fmt: skip
+        ]
         found: list[bytes] = []
         for n, m in enumerate(metas, 1):
             if m.cid in ok and m.matches(q):

@@ -38,9 +38,11 @@ MAX_MERGE = 16  # more allowed classes than this: drive from ix:all and check th
 
 
 def allowed_classes(
-    classes: Mapping[str, Tags], allowed: Collection[str] | None, equal: Mapping[str, str],
+    classes: Mapping[str, Tags],
+    allowed: Collection[str] | None,
+    equal: Mapping[str, str],
     tag_columns: Collection[str],
-) -> tuple[dict[str, Tags], bool]:  # fmt: skip
+) -> tuple[dict[str, Tags], bool]:
     """The classes a list may return (allowed, and matching the equality filters on tag columns), and
     whether that is every class (then no per-entry class check is needed)."""
     tag_filters = {f: v for f, v in equal.items() if f in tag_columns}
@@ -63,7 +65,9 @@ class RedisVehicleReader:
         tag_columns: Collection[str] = TAG_COLUMNS,
         classes_ttl_s: float = 30.0,
     ) -> None:
-        self.client = client
+        self.client: Any = (
+            client  # redis-py's async typing is loose (bytes | str | Awaitable); see decode=False
+        )
         self.keys = Keys(prefix)
         self.tag_columns = tuple(tag_columns)
         self.classes_ttl_s = classes_ttl_s
@@ -99,15 +103,19 @@ class RedisVehicleReader:
         if now - self._classes_at > self.classes_ttl_s or await self.client.hlen(self.keys.classes) != len(
             self._classes
         ):
-            raw: dict[bytes, bytes] = await self.client.hgetall(self.keys.classes)
+            raw: Any = await self.client.hgetall(self.keys.classes)
             self._classes = {k.decode(): orjson.loads(v) for k, v in raw.items()}
             self._classes_at = now
         return self._classes
 
     async def list_vehicles(
-        self, q: VehicleQuery, allowed: Collection[str] | None, after: str | None, limit: int,
+        self,
+        q: VehicleQuery,
+        allowed: Collection[str] | None,
+        after: str | None,
+        limit: int,
         max_scan: int = 5000,
-    ) -> Page:  # fmt: skip
+    ) -> Page:
         k = self.keys
         ok, every = allowed_classes(await self.classes(), allowed, q.equal, self.tag_columns)
         if not ok:
@@ -168,9 +176,13 @@ class RedisVehicleReader:
         return merged[:chunk], exhausted
 
     async def _check(
-        self, ids: list[int], q: VehicleQuery, classes: Mapping[str, Tags] | None,
-        fields: Mapping[str, str], active: bool | None,
-    ) -> list[bool]:  # fmt: skip
+        self,
+        ids: list[int],
+        q: VehicleQuery,
+        classes: Mapping[str, Tags] | None,
+        fields: Mapping[str, str],
+        active: bool | None,
+    ) -> list[bool]:
         k = self.keys
         members = [str(c) for c in ids]
         pipe = self.client.pipeline(transaction=False)
@@ -194,9 +206,9 @@ class RedisVehicleReader:
                     keep[i] = False
                     continue
                 meta = Meta.unpack(raw.decode())
-                if classes is not None and meta.cid not in classes:
-                    keep[i] = False
-                elif any(meta.value(f) != v for f, v in fields.items()):
+                if (classes is not None and meta.cid not in classes) or any(
+                    meta.value(f) != v for f, v in fields.items()
+                ):
                     keep[i] = False
         if active is not None:
             for i, score in enumerate(next(results)):
@@ -218,9 +230,14 @@ class RedisVehicleReader:
         return keep
 
     async def _page(
-        self, q: VehicleQuery, ok: Mapping[str, Tags], ids: list[int], nxt: str | None, scanned: int,
+        self,
+        q: VehicleQuery,
+        ok: Mapping[str, Tags],
+        ids: list[int],
+        nxt: str | None,
+        scanned: int,
         limit: int,
-    ) -> Page:  # fmt: skip
+    ) -> Page:
         if not ids:
             return Page([], nxt, scanned)
         raws = await self.client.mget([self.keys.car(c) for c in ids])
@@ -243,9 +260,13 @@ class RedisVehicleReader:
         return raw
 
     async def list_incidents(
-        self, q: IncidentQuery, allowed: Collection[str] | None, after: str | None, limit: int,
+        self,
+        q: IncidentQuery,
+        allowed: Collection[str] | None,
+        after: str | None,
+        limit: int,
         max_scan: int = 5000,
-    ) -> Page:  # fmt: skip
+    ) -> Page:
         """Incidents newest first (by start time, then id); ``after`` is the last member returned."""
         k = self.keys
         ok, every = allowed_classes(await self.classes(), allowed, {}, self.tag_columns)

@@ -58,7 +58,8 @@ for i = 2, #ARGV, 7 do
   -- a replayed firing event never reopens a resolved incident
   if not (old_status == 'resolved' and status == 'firing') then
     redis.call('SET', p .. 'inc:' .. id, rec)
-    redis.call('HSET', p .. 'ix:inc:meta', id, cid .. '\31' .. status .. '\31' .. rule .. '\31' .. car .. '\31' .. member)
+    local meta = table.concat({cid, status, rule, car, member}, '\31')
+    redis.call('HSET', p .. 'ix:inc:meta', id, meta)
     redis.call('ZADD', p .. 'ix:inc:all', 0, member)
     redis.call('ZADD', p .. 'ix:inc:rule:' .. rule, 0, member)
     redis.call('ZADD', p .. 'ix:inc:car:' .. car, 0, member)
@@ -143,7 +144,7 @@ class RedisVehicleWriter:
             stream.append((car, int(doc.get("version") or 0), cid))
         unknown = [c for c in new_meta if c not in self._meta]
         if unknown:
-            raw: list[Any] = self.client.hmget(k.meta, [str(c) for c in unknown])  # type: ignore[assignment]
+            raw: Any = self.client.hmget(k.meta, [str(c) for c in unknown])
             for car, r in zip(unknown, raw, strict=True):
                 if r is not None:
                     self._meta[car] = Meta.unpack(r.decode())
@@ -152,13 +153,13 @@ class RedisVehicleWriter:
             pipe = self.client.pipeline(transaction=True)
             if docs:
                 pipe.mset(docs)
-                pipe.zadd(k.seen, seen)  # type: ignore[arg-type]
+                pipe.zadd(k.seen, seen)
             if geo_add:
                 pipe.geoadd(k.geo, geo_add)
             if geo_del:
                 pipe.zrem(k.geo, *geo_del)
-            for cid, tags in classes.items():
-                pipe.hset(k.classes, cid, tags)
+            for cid, tags_json in classes.items():
+                pipe.hset(k.classes, cid, tags_json)
             changed = self._index_moves(pipe, new_meta)
             if incidents:
                 pipe.evalsha(self._load_script(), 0, self.keys.prefix, *incidents)
@@ -221,7 +222,14 @@ class RedisVehicleWriter:
             if cid not in self._cids:
                 classes[cid] = orjson.dumps(record["tags"])
             member = incident_member(int(record["starts_at"]), str(record["incident_id"]))
-            args += [str(record["incident_id"]), str(record["car_id"]), str(record["status"]),
-                     str(record["rule_id"]), member, cid, orjson.dumps(record).decode()]  # fmt: skip
+            args += [
+                str(record["incident_id"]),
+                str(record["car_id"]),
+                str(record["status"]),
+                str(record["rule_id"]),
+                member,
+                cid,
+                orjson.dumps(record).decode(),
+            ]
             summaries.append(incident_summary(record, cid))
         return args, summaries

@@ -36,30 +36,61 @@ def create_key(s: Settings, name: str, **tags: str) -> str:
 
 
 def car_row(car: int, environment: str, stage: str, fleet: str = "seoul", **more: Any) -> dict[str, Any]:
-    return {"car_id": car, "plate": f"P{car}", "model": "Kia Ray", "fleet": fleet, "status": "ACTIVE",
-            "zone": "Z01", "environment": environment, "stage": stage, "updated_at": 1, **more}  # fmt: skip
-
-
-def state_doc(car: int, row: dict[str, Any] | None, version: int = 1, last_seen: int = 1_000) -> dict[str, Any]:
     return {
-        "car_id": car, "last_seen": last_seen, "location": {"lat": 37.5, "lon": 127.0},
-        "signals": {"Vehicle.Speed": {"value": 10.0, "ts": last_seen, "seq": version, "device_id": f"d{car}"}},
-        "car": row, "reservation": None, "devices": [f"d{car}"], "updated_at": last_seen, "version": version,
-    }  # fmt: skip
+        "car_id": car,
+        "plate": f"P{car}",
+        "model": "Kia Ray",
+        "fleet": fleet,
+        "status": "ACTIVE",
+        "zone": "Z01",
+        "environment": environment,
+        "stage": stage,
+        "updated_at": 1,
+        **more,
+    }
 
 
-def write_states(s: Settings, docs: list[dict[str, Any]], outliers: list[dict[str, Any]] | None = None) -> None:
+def state_doc(
+    car: int, row: dict[str, Any] | None, version: int = 1, last_seen: int = 1_000
+) -> dict[str, Any]:
+    return {
+        "car_id": car,
+        "last_seen": last_seen,
+        "location": {"lat": 37.5, "lon": 127.0},
+        "signals": {
+            "Vehicle.Speed": {"value": 10.0, "ts": last_seen, "seq": version, "device_id": f"d{car}"}
+        },
+        "car": row,
+        "reservation": None,
+        "devices": [f"d{car}"],
+        "updated_at": last_seen,
+        "version": version,
+    }
+
+
+def write_states(
+    s: Settings, docs: list[dict[str, Any]], outliers: list[dict[str, Any]] | None = None
+) -> None:
     writer = RedisVehicleWriter(redis.Redis.from_url(s.redis_url), s.state_prefix)
     writer.write_batch({d["car_id"]: VehicleStateWrite(orjson.dumps(d), d) for d in docs}, outliers or [])
 
 
 def outlier(iid: str, row: dict[str, Any], status: str = "firing", starts: int = 5_000) -> dict[str, Any]:
     return {
-        "incident_id": iid, "fingerprint": "ab12", "rule_id": "headlights-left-on", "status": status,
-        "severity": "warning", "car_id": row["car_id"], "device_id": None, "labels": {"fleet": row["fleet"]},
-        "annotations": {"summary": "s"}, "starts_at": starts, "ends_at": starts + 1 if status == "resolved" else None,
-        "generated_at": starts, "snapshot": {"car": row, "reservation": None, "signals": {}},
-    }  # fmt: skip
+        "incident_id": iid,
+        "fingerprint": "ab12",
+        "rule_id": "headlights-left-on",
+        "status": status,
+        "severity": "warning",
+        "car_id": row["car_id"],
+        "device_id": None,
+        "labels": {"fleet": row["fleet"]},
+        "annotations": {"summary": "s"},
+        "starts_at": starts,
+        "ends_at": starts + 1 if status == "resolved" else None,
+        "generated_at": starts,
+        "snapshot": {"car": row, "reservation": None, "signals": {}},
+    }
 
 
 def cleanup(s: Settings) -> None:
@@ -76,8 +107,12 @@ def api_process(s: Settings, log: Path, **env: str) -> Iterator[str]:
     port = free_port()
     full = {**os.environ, **s.as_env(), **env}
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "api", "--port", str(port)], env=full,
-                                stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "api", "--port", str(port)],
+            env=full,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     base = f"http://127.0.0.1:{port}"
 
     def up() -> bool:

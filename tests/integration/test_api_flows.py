@@ -75,8 +75,15 @@ def test_api_on_state_written_by_the_flows(pipeline_settings: Settings, tmp_path
     s = pipeline_settings
     ops = create_key(s, "ops", role="ops")
     beta = create_key(s, "partner", environment="beta")
-    cfg = SimConfig(vehicles=120, rate=2500, duration=8, scenarios=["headlights-left-on"], incidents_per_scenario=2,
-                    cdc_rate=4, ground_truth=tmp_path / "truth.json")  # fmt: skip
+    cfg = SimConfig(
+        vehicles=120,
+        rate=2500,
+        duration=8,
+        scenarios=["headlights-left-on"],
+        incidents_per_scenario=2,
+        cdc_rate=4,
+        ground_truth=tmp_path / "truth.json",
+    )
     sim = Simulation(cfg, s)
     try:
         with running(["snapshot", "enrich"], s, tmp_path), api_process(s, tmp_path / "api.log") as base:
@@ -105,7 +112,10 @@ def test_api_on_state_written_by_the_flows(pipeline_settings: Settings, tmp_path
 
             assert wait_until(lambda: len(incidents()) >= 1, timeout=90), "no incident from the flows"
             assert wait_until(lambda: any(k == "incident" for _i, k, _d in fleet_sse.events), timeout=30), (
-                len(fleet_sse.events), fleet_sse.events[-1:] and fleet_sse.events[-1][:2], fleet_sse.is_alive())
+                len(fleet_sse.events),
+                fleet_sse.events[-1:] and fleet_sse.events[-1][:2],
+                fleet_sse.is_alive(),
+            )
             check_states_and_filters(base, ops, beta, s)
             check_resume(base, ops, fleet_sse, s)
             fleet_sse.stop.set()
@@ -132,8 +142,12 @@ def check_states_and_filters(base: str, ops: str, beta: str, s: Settings) -> Non
     lats = sorted(d["location"]["lat"] for d in docs if d["location"])
     lons = sorted(d["location"]["lon"] for d in docs if d["location"])
     box = (lats[len(lats) // 4], lons[len(lons) // 4], lats[3 * len(lats) // 4], lons[3 * len(lons) // 4])
-    active = {i["car_id"] for i in httpx.get(f"{base}/v1/incidents", params={"status": "firing"},
-                                              headers={"Authorization": f"Bearer {ops}"}).json()["items"]}  # fmt: skip
+    active = {
+        i["car_id"]
+        for i in httpx.get(
+            f"{base}/v1/incidents", params={"status": "firing"}, headers={"Authorization": f"Bearer {ops}"}
+        ).json()["items"]
+    }
     cases: list[tuple[dict[str, Any], Callable[[dict[str, Any]], bool]]] = [
         ({"fleet": sample["fleet"]}, lambda d: d["car"]["fleet"] == sample["fleet"]),
         ({"model": sample["model"]}, lambda d: d["car"]["model"] == sample["model"]),
@@ -144,18 +158,28 @@ def check_states_and_filters(base: str, ops: str, beta: str, s: Settings) -> Non
         ({"has_active_incident": "false"}, lambda d: d["car_id"] not in active),
         ({"last_seen_before": t_mid}, lambda d: d["last_seen"] < t_mid),
         ({"last_seen_after": t_mid}, lambda d: d["last_seen"] > t_mid),
-        ({"bbox": ",".join(map(str, box))},
-         lambda d: box[0] <= d["location"]["lat"] <= box[2] and box[1] <= d["location"]["lon"] <= box[3]),
-        ({"fleet": sample["fleet"], "status": "ACTIVE", "last_seen_after": t_mid},
-         lambda d: d["car"]["fleet"] == sample["fleet"] and d["car"]["status"] == "ACTIVE" and d["last_seen"] > t_mid),
-    ]  # fmt: skip
+        (
+            {"bbox": ",".join(map(str, box))},
+            lambda d: box[0] <= d["location"]["lat"] <= box[2] and box[1] <= d["location"]["lon"] <= box[3],
+        ),
+        (
+            {"fleet": sample["fleet"], "status": "ACTIVE", "last_seen_after": t_mid},
+            lambda d: (
+                d["car"]["fleet"] == sample["fleet"]
+                and d["car"]["status"] == "ACTIVE"
+                and d["last_seen"] > t_mid
+            ),
+        ),
+    ]
     for params, pred in cases:
         want = sorted(d["car_id"] for d in docs if pred(d))
         got = [v["car_id"] for v in all_pages(base, ops, limit=9, **params)]
         assert got == want, params
     assert any(d["car"]["status"] == "MAINTENANCE" for d in docs), "the simulator's CDC moved no car"
     # the partner key: only beta vehicles that are not at stage prod, and 404 on the others
-    want_beta = sorted(d["car_id"] for d in docs if d["car"]["environment"] == "beta" and d["car"]["stage"] != "prod")
+    want_beta = sorted(
+        d["car_id"] for d in docs if d["car"]["environment"] == "beta" and d["car"]["stage"] != "prod"
+    )
     assert want_beta and [v["car_id"] for v in all_pages(base, beta, limit=13)] == want_beta
     hidden = next(d["car_id"] for d in docs if d["car"]["environment"] == "prod")
     r = httpx.get(f"{base}/v1/vehicles/{hidden}", headers={"Authorization": f"Bearer {beta}"})

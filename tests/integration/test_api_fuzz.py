@@ -17,23 +17,44 @@ from schemathesis.specs.openapi.checks import ignored_auth, positive_data_accept
 
 from api.main import create_app
 from enrich.settings import Settings
-from tests.integration.api_util import api_process, car_row, cleanup, create_key, outlier, state_doc, write_states
+from tests.integration.api_util import (
+    api_process,
+    car_row,
+    cleanup,
+    create_key,
+    outlier,
+    state_doc,
+    write_states,
+)
 
 pytestmark = pytest.mark.integration
 EXAMPLES = 30
 SETTINGS = hypothesis.settings(
-    max_examples=EXAMPLES, deadline=None, database=None, derandomize=True,
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    derandomize=True,
     suppress_health_check=list(hypothesis.HealthCheck),
-)  # fmt: skip
+)
 
 
 @pytest.fixture(scope="module")
-def running_api(redis_url: str, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+def running_api(
+    redis_url: str, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, str]]:
     token = f"fz{uuid.uuid4().hex[:8]}"
-    s = Settings(kafka_bootstrap=kafka_bootstrap, redis_url=redis_url, state_prefix=f"{token}:state:",
-                 api_prefix=f"{token}:api:", alerts_prefix=f"{token}:alerts:", snapshot_prefix=f"{token}:snap:")  # fmt: skip
+    s = Settings(
+        kafka_bootstrap=kafka_bootstrap,
+        redis_url=redis_url,
+        state_prefix=f"{token}:state:",
+        api_prefix=f"{token}:api:",
+        alerts_prefix=f"{token}:alerts:",
+        snapshot_prefix=f"{token}:snap:",
+    )
     rows = [car_row(c, "beta" if c % 2 else "prod", "pilot" if c % 3 else "prod") for c in range(0, 12)]
-    write_states(s, [state_doc(r["car_id"], r) for r in rows], [outlier(f"i{r['car_id']}", r) for r in rows[:4]])
+    write_states(
+        s, [state_doc(r["car_id"], r) for r in rows], [outlier(f"i{r['car_id']}", r) for r in rows[:4]]
+    )
     key = create_key(s, "fuzz-ops", role="ops")
     try:
         with api_process(s, tmp_path_factory.mktemp("fuzz") / "api.log") as base:
@@ -60,8 +81,9 @@ def excluded(case: Any) -> list[Any]:
 @SETTINGS
 def test_fuzz_with_a_key(case: Any, running_api: tuple[str, str]) -> None:
     base, key = running_api
-    case.call_and_validate(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=10,
-                          excluded_checks=excluded(case))
+    case.call_and_validate(
+        base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=10, excluded_checks=excluded(case)
+    )
 
 
 @schema.exclude(path_regex=SSE).parametrize()
@@ -69,8 +91,9 @@ def test_fuzz_with_a_key(case: Any, running_api: tuple[str, str]) -> None:
 def test_fuzz_without_a_key(case: Any, running_api: tuple[str, str]) -> None:
     # ignored_auth would send the key-less request again with made-up credentials and expect a 401: the
     # same as this test itself checks
-    response = case.call_and_validate(base_url=running_api[0], excluded_checks=[ignored_auth, *excluded(case)],
-                                     timeout=10)
+    response = case.call_and_validate(
+        base_url=running_api[0], excluded_checks=[ignored_auth, *excluded(case)], timeout=10
+    )
     if case.path.startswith("/v1/"):
         assert response.status_code in (401, 405, 422), (case.path, response.status_code)
 
