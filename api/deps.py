@@ -64,7 +64,7 @@ class Services:
         return {cid for cid, tags in classes.items() if self.policies.decide(key, action, tags)}
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
     return request.app.state.services  # type: ignore[no-any-return]
 
 
@@ -76,15 +76,22 @@ bearer = HTTPBearer(
 UNAUTHORIZED = {"WWW-Authenticate": 'Bearer realm="fleet-enrich"'}
 
 
-async def principal(
-    request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
-) -> ApiKey:
-    if creds is None:
+async def key_of(svc: Services, authorization: str | None) -> ApiKey:
+    """The valid key of an ``Authorization: Bearer`` header, else a 401 problem."""
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
         raise Problem(401, "send an API key: Authorization: Bearer <key>", headers=UNAUTHORIZED)
-    key = await services(request).principal(creds.credentials)
+    key = await svc.principal(token.strip())
     if key is None:
         raise Problem(401, "the API key is malformed, unknown, revoked or expired", headers=UNAUTHORIZED)
     return key
+
+
+async def principal(
+    request: Request, creds: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)]
+) -> ApiKey:
+    svc = await services(request)
+    return await key_of(svc, f"Bearer {creds.credentials}" if creds is not None else None)
 
 
 Svc = Annotated[Services, Depends(services)]

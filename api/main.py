@@ -54,7 +54,7 @@ async def _cursor_secret(client: aioredis.Redis, prefix: str) -> bytes:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     s: Settings = app.state.settings
-    client = aioredis.Redis.from_url(s.redis_url, socket_connect_timeout=2, health_check_interval=30)
+    client = aioredis.Redis.from_url(s.redis_url, socket_connect_timeout=2)
     svc = Services(
         settings=s,
         redis=client,

@@ -51,6 +51,7 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: ApiMetrics) -> None:
         self.app = app
         self.metrics = metrics
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -64,8 +65,15 @@ class MetricsMiddleware:
                 status[0] = message["status"]
                 route: Any = scope.get("route")
                 name = getattr(route, "path", "unmatched")
-                self.metrics.latency.labels(name).observe(time.perf_counter() - start)
-                self.metrics.requests.labels(name, scope["method"], str(status[0])).inc()
+                key = (name, scope["method"], status[0])
+                children = self._children.get(key)
+                if children is None:
+                    children = self._children[key] = (
+                        self.metrics.latency.labels(name),
+                        self.metrics.requests.labels(name, scope["method"], str(status[0])),
+                    )
+                children[0].observe(time.perf_counter() - start)
+                children[1].inc()
             await send(message)
 
         await self.app(scope, receive, send_wrapper)
@@ -79,17 +87,18 @@ class BodyLimit:
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             await self.app(scope, receive, send)
             return
         from api.problems import problem_response
 
+        def too_big() -> Any:
+            path = str(scope.get("path", ""))
+            return problem_response(413, f"request body over {self.limit} bytes", path)
+
         declared = dict(scope.get("headers") or []).get(b"content-length")
-        too_big = problem_response(
-            413, f"request body over {self.limit} bytes", str(scope.get("path", ""))[:200]
-        )
         if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
-            await too_big(scope, receive, send)
+            await too_big()(scope, receive, send)
             return
         seen = 0
 
@@ -105,7 +114,7 @@ class BodyLimit:
         try:
             await self.app(scope, limited, send)
         except _TooLargeError:
-            await too_big(scope, receive, send)
+            await too_big()(scope, receive, send)
 
 
 class _TooLargeError(Exception):

@@ -92,11 +92,11 @@ def create_key(s: Settings, name: str, tags: dict[str, str]) -> str:
 
 
 @contextlib.contextmanager
-def api_server(s: Settings, log: Path) -> Iterator[int]:
+def api_server(s: Settings, log: Path, workers: int = 1) -> Iterator[int]:
     port = free_port()
     env = {**os.environ, **s.as_env()}
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "api", "--port", str(port)], env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "api", "--port", str(port), "--workers", str(workers)], env=env,
                                 stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
 
     def up() -> bool:
@@ -205,7 +205,9 @@ async def sse_fanout(s: Settings, port: int, token: str, clients: int, batches: 
     conns = []
     for _ in range(clients):
         r, w = await asyncio.open_connection("127.0.0.1", port, limit=2**20)
-        w.write(f"GET /v1/events?fleet=busan HTTP/1.1\r\nHost: b\r\nAuthorization: Bearer {token}\r\n\r\n".encode())
+        w.write(
+            f"GET /v1/events?fleet=busan HTTP/1.1\r\nHost: b\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
+        )
         conns.append((r, w))
     for r, _w in conns:
         head = await r.readuntil(b"\r\n\r\n")
@@ -268,6 +270,7 @@ def main() -> None:
     ap.add_argument("--sse-clients", type=int, default=1000)
     ap.add_argument("--sse-batches", type=int, default=10)
     ap.add_argument("--seconds", type=float, default=30.0, help="time bound of each phase")
+    ap.add_argument("--api-workers", type=int, default=1, help="API server processes")
     args = ap.parse_args()
     token = f"ba{uuid.uuid4().hex[:6]}"
     s = Settings().model_copy(update={"state_prefix": f"{token}:state:", "api_prefix": f"{token}:api:"})
@@ -278,10 +281,12 @@ def main() -> None:
         partner = create_key(s, "bench-partner", {"environment": "beta"})
         log = Path(s.state_dir) / "logs" / f"bench-api-{token}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        with api_server(s, log) as port:
+        with api_server(s, log, args.api_workers) as port:
             rng = random.Random(1)
             ids = [f"/v1/vehicles/{rng.randrange(1000, 1000 + args.vehicles)}" for _ in range(5000)]
-            asyncio.run(open_loop(port, ops, ids, args.rate, min(2000, args.requests), 5, args.connections))  # warm
+            asyncio.run(
+                open_loop(port, ops, ids, args.rate, min(2000, args.requests), 5, args.connections)
+            )  # warm
             results["get_by_id"] = asyncio.run(
                 open_loop(port, ops, ids, args.rate, args.requests, args.seconds, args.connections)
             )
@@ -289,14 +294,21 @@ def main() -> None:
                      "/v1/vehicles?status=MAINTENANCE&limit=50", "/v1/vehicles?model=Kia%20Ray&fleet=busan&limit=100",
                      "/v1/vehicles?last_seen_before=" + str(int(time.time() * 1000) - 3_000_000) + "&limit=50",
                      "/v1/vehicles?bbox=37.45,126.85,37.5,126.9&limit=50"]  # fmt: skip
-            results["list_partner"] = asyncio.run(closed_loop(port, partner, lists, args.list_requests, args.seconds))
+            results["list_partner"] = asyncio.run(
+                closed_loop(port, partner, lists, args.list_requests, args.seconds)
+            )
             results["list_ops"] = asyncio.run(closed_loop(port, ops, lists, args.list_requests, args.seconds))
             results["sse"] = asyncio.run(
                 sse_fanout(s, port, ops, args.sse_clients, args.sse_batches, 20, args.seconds)
             )
     finally:
         cleanup(s)
-    print(orjson.dumps({"vehicles": args.vehicles, **results}, option=orjson.OPT_INDENT_2).decode())
+    print(
+        orjson.dumps(
+            {"vehicles": args.vehicles, "api_workers": args.api_workers, **results},
+            option=orjson.OPT_INDENT_2,
+        ).decode()
+    )
 
 
 if __name__ == "__main__":

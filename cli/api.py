@@ -36,6 +36,9 @@ def serve(
     ctx: typer.Context,
     host: Annotated[str | None, typer.Option(help="Bind address (default ENRICH_API_HOST)")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default ENRICH_API_PORT)")] = None,
+    workers: Annotated[
+        int, typer.Option(min=1, max=64, help="Server processes (each its own Redis client)")
+    ] = 1,
 ) -> None:
     """Serve the HTTP API (when no subcommand is given). Refuses to start on an invalid policy file."""
     if ctx.invoked_subcommand is not None:
@@ -51,6 +54,10 @@ def serve(
     except PolicyError as exc:
         console.print(f"[red]refusing to start:[/] {exc}")
         raise typer.Exit(2) from exc
+    if workers > 1:  # the policies were validated above; every worker builds its app from the environment
+        uvicorn.run("api.main:create_app", factory=True, workers=workers, host=host or settings.api_host,
+                    port=port or settings.api_port, log_level="warning", access_log=False)  # fmt: skip
+        return
     uvicorn.run(
         app,
         host=host or settings.api_host,

@@ -33,6 +33,18 @@ from stores.vehicles.model import (
     unpack_states,
 )
 
+VEHICLE_LUA = r"""
+local doc = redis.call('GET', KEYS[1])
+if not doc then return {} end
+local out = {doc}
+local ids = redis.call('SMEMBERS', KEYS[2])
+table.sort(ids)
+for _, id in ipairs(ids) do
+  local rec = redis.call('GET', ARGV[1] .. id)
+  if rec then out[#out + 1] = rec end
+end
+return out
+"""
 GEO_EPSILON = 1e-4
 MAX_MERGE = 16  # more allowed classes than this: drive from ix:all and check the class per entry
 
@@ -71,23 +83,18 @@ class RedisVehicleReader:
         self.keys = Keys(prefix)
         self.tag_columns = tuple(tag_columns)
         self.classes_ttl_s = classes_ttl_s
+        self._vehicle = client.register_script(VEHICLE_LUA)
         self._classes: dict[str, Tags] = {}
         self._classes_at = -1e9
 
     # -- vehicles --------------------------------------------------------------------------------------
     async def vehicle(self, car_id: int) -> tuple[bytes, list[bytes]] | None:
-        """The state document of a car and the records of its firing incidents (two round trips at most)."""
-        pipe = self.client.pipeline(transaction=False)
-        pipe.get(self.keys.car(car_id))
-        pipe.smembers(self.keys.car_incidents(car_id))
-        doc, active = await pipe.execute()
-        if doc is None:
+        """The state document of a car and the records of its firing incidents (one call)."""
+        out = await self._vehicle(keys=[self.keys.car(car_id), self.keys.car_incidents(car_id)],
+                                  args=[self.keys.incident("")])  # fmt: skip
+        if not out:
             return None
-        records: list[bytes] = []
-        if active:
-            raws = await self.client.mget([self.keys.incident(i.decode()) for i in sorted(active)])
-            records = [r for r in raws if r is not None]
-        return doc, records
+        return out[0], list(out[1:])
 
     async def docs(self, car_ids: list[int]) -> dict[int, bytes]:
         """State documents of these cars (one MGET); missing ones are left out."""
