@@ -44,14 +44,29 @@ MODELS = ("Hyundai Avante", "Kia Ray", "Kia Niro EV", "Hyundai Ioniq 5", "Tesla 
 def doc(car: int, version: int, now: int) -> dict[str, Any]:
     i = car - 1000
     env = "beta" if i % 4 == 3 else "prod"
-    row = {"car_id": car, "plate": f"P{car}", "model": MODELS[i % 6], "fleet": FLEETS[(i // 7) % 4],
-           "status": "MAINTENANCE" if i % 17 == 0 else "ACTIVE", "zone": f"Z{i % 40:02d}", "environment": env,
-           "stage": "prod" if env == "prod" or i % 20 == 3 else "pilot", "updated_at": now}  # fmt: skip
+    row = {
+        "car_id": car,
+        "plate": f"P{car}",
+        "model": MODELS[i % 6],
+        "fleet": FLEETS[(i // 7) % 4],
+        "status": "MAINTENANCE" if i % 17 == 0 else "ACTIVE",
+        "zone": f"Z{i % 40:02d}",
+        "environment": env,
+        "stage": "prod" if env == "prod" or i % 20 == 3 else "pilot",
+        "updated_at": now,
+    }
     sig = {"value": 40.0 + i % 30, "ts": now, "seq": version, "device_id": f"dev-{car}"}
-    return {"car_id": car, "last_seen": now - (i % 3600) * 1000,
-            "location": {"lat": 37.45 + (i % 200) / 1000, "lon": 126.85 + (i % 300) / 1000},
-            "signals": {"Vehicle.Speed": sig, "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current": sig},
-            "car": row, "reservation": None, "devices": [f"dev-{car}"], "updated_at": now, "version": version}  # fmt: skip
+    return {
+        "car_id": car,
+        "last_seen": now - (i % 3600) * 1000,
+        "location": {"lat": 37.45 + (i % 200) / 1000, "lon": 126.85 + (i % 300) / 1000},
+        "signals": {"Vehicle.Speed": sig, "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current": sig},
+        "car": row,
+        "reservation": None,
+        "devices": [f"dev-{car}"],
+        "updated_at": now,
+        "version": version,
+    }
 
 
 def fill(s: Settings, vehicles: int, batch: int) -> dict[str, float]:
@@ -96,8 +111,12 @@ def api_server(s: Settings, log: Path, workers: int = 1) -> Iterator[int]:
     port = free_port()
     env = {**os.environ, **s.as_env()}
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "cli.main", "api", "--port", str(port), "--workers", str(workers)], env=env,
-                                stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cli.main", "api", "--port", str(port), "--workers", str(workers)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
     def up() -> bool:
         import socket
@@ -144,8 +163,9 @@ def pct(values: list[float], q: float) -> float:
     return v[min(len(v) - 1, int(q * len(v)))] if v else float("nan")
 
 
-async def open_loop(port: int, token: str, paths: list[str], rate: float, count: int, seconds: float,
-                    conns: int) -> dict[str, float]:  # fmt: skip
+async def open_loop(
+    port: int, token: str, paths: list[str], rate: float, count: int, seconds: float, conns: int
+) -> dict[str, float]:
     """Send ``count`` requests at ``rate``/s (scheduled times), over ``conns`` connections."""
     pool: asyncio.Queue[Conn] = asyncio.Queue()
     for _ in range(conns):
@@ -177,8 +197,14 @@ async def open_loop(port: int, token: str, paths: list[str], rate: float, count:
         tasks.append(asyncio.create_task(one(i, due)))
     await asyncio.gather(*tasks)
     wall = time.perf_counter() - start
-    return {"requests": len(lat), "achieved_rps": len(lat) / wall, "errors": errors,
-            "p50_ms": pct(lat, 0.5) * 1e3, "p99_ms": pct(lat, 0.99) * 1e3, "max_ms": max(lat) * 1e3}  # fmt: skip
+    return {
+        "requests": len(lat),
+        "achieved_rps": len(lat) / wall,
+        "errors": errors,
+        "p50_ms": pct(lat, 0.5) * 1e3,
+        "p99_ms": pct(lat, 0.99) * 1e3,
+        "max_ms": max(lat) * 1e3,
+    }
 
 
 async def closed_loop(port: int, token: str, paths: list[str], count: int, seconds: float) -> dict[str, Any]:
@@ -194,12 +220,18 @@ async def closed_loop(port: int, token: str, paths: list[str], count: int, secon
         lat.append(time.perf_counter() - t)
         assert status == 200, body[:300]
         items += len(orjson.loads(body)["items"])
-    return {"requests": len(lat), "items_per_page": items / max(1, len(lat)),
-            "p50_ms": pct(lat, 0.5) * 1e3, "p99_ms": pct(lat, 0.99) * 1e3, "max_ms": max(lat) * 1e3}  # fmt: skip
+    return {
+        "requests": len(lat),
+        "items_per_page": items / max(1, len(lat)),
+        "p50_ms": pct(lat, 0.5) * 1e3,
+        "p99_ms": pct(lat, 0.99) * 1e3,
+        "max_ms": max(lat) * 1e3,
+    }
 
 
-async def sse_fanout(s: Settings, port: int, token: str, clients: int, batches: int, cars_per_batch: int,
-                     seconds: float) -> dict[str, float]:  # fmt: skip
+async def sse_fanout(
+    s: Settings, port: int, token: str, clients: int, batches: int, cars_per_batch: int, seconds: float
+) -> dict[str, float]:
     """``clients`` SSE connections on /v1/events?fleet=busan; each batch rewrites cars of that fleet; the
     event of a car is stamped with its write time (in the document's updated_at)."""
     conns = []
@@ -232,18 +264,25 @@ async def sse_fanout(s: Settings, port: int, token: str, clients: int, batches: 
     start = time.perf_counter()
     for b in range(batches):
         now = int(time.time() * 1000)
-        writer.write_batch({c: VehicleStateWrite(orjson.dumps({**doc(c, 10 + b, now), "updated_at": now}))
-                            for c in busan})  # fmt: skip
+        writer.write_batch(
+            {c: VehicleStateWrite(orjson.dumps({**doc(c, 10 + b, now), "updated_at": now})) for c in busan}
+        )
         await asyncio.sleep(0.2)
-    done, pending = await asyncio.wait(readers, timeout=seconds)
+    _done, pending = await asyncio.wait(readers, timeout=seconds)
     for t in pending:
         t.cancel()
     for _r, w in conns:
         w.close()
     delivered = sum(got)
-    return {"clients": clients, "events_expected": expected * clients, "events_delivered": delivered,
-            "p50_ms": pct(lat, 0.5) * 1e3, "p99_ms": pct(lat, 0.99) * 1e3, "max_ms": max(lat or [0]) * 1e3,
-            "wall_s": time.perf_counter() - start}  # fmt: skip
+    return {
+        "clients": clients,
+        "events_expected": expected * clients,
+        "events_delivered": delivered,
+        "p50_ms": pct(lat, 0.5) * 1e3,
+        "p99_ms": pct(lat, 0.99) * 1e3,
+        "max_ms": max(lat or [0]) * 1e3,
+        "wall_s": time.perf_counter() - start,
+    }
 
 
 def cleanup(s: Settings) -> None:
@@ -290,10 +329,14 @@ def main() -> None:
             results["get_by_id"] = asyncio.run(
                 open_loop(port, ops, ids, args.rate, args.requests, args.seconds, args.connections)
             )
-            lists = ["/v1/vehicles?limit=50", "/v1/vehicles?fleet=busan&limit=50",
-                     "/v1/vehicles?status=MAINTENANCE&limit=50", "/v1/vehicles?model=Kia%20Ray&fleet=busan&limit=100",
-                     "/v1/vehicles?last_seen_before=" + str(int(time.time() * 1000) - 3_000_000) + "&limit=50",
-                     "/v1/vehicles?bbox=37.45,126.85,37.5,126.9&limit=50"]  # fmt: skip
+            lists = [
+                "/v1/vehicles?limit=50",
+                "/v1/vehicles?fleet=busan&limit=50",
+                "/v1/vehicles?status=MAINTENANCE&limit=50",
+                "/v1/vehicles?model=Kia%20Ray&fleet=busan&limit=100",
+                "/v1/vehicles?last_seen_before=" + str(int(time.time() * 1000) - 3_000_000) + "&limit=50",
+                "/v1/vehicles?bbox=37.45,126.85,37.5,126.9&limit=50",
+            ]
             results["list_partner"] = asyncio.run(
                 closed_loop(port, partner, lists, args.list_requests, args.seconds)
             )
