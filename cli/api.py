@@ -119,7 +119,9 @@ def keys_create(
     if json_out:
         print(orjson.dumps({**public, "key": token}).decode())
         return
-    console.print(f"key {public['id']} for {name}, tags {tags or '{}'}; store it now, it is not shown again:")
+    Console(stderr=True).print(
+        f"key {public['id']} for {name}, tags {tags or '{}'}; store it now, it is not shown again:"
+    )
     print(token)
 
 

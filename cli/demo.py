@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cli.demo_alerts import LocalReceivers, show_deliveries, start_alerts_worker
+from cli.demo_api import show_api, start_api
 from cli.demo_flatten import run_flatten_demo
 from enrich.settings import Settings
 from simulator.run import SimConfig, Simulation
@@ -184,6 +185,8 @@ def run_demo(settings: Settings, console: Console, *, vehicles: int, rate: float
     procs = _start_flows(settings, log_dir)
     receivers = LocalReceivers()
     procs.append(start_alerts_worker(settings, receivers, log_dir))
+    api_proc, api_base = start_api(settings, log_dir)
+    procs.append(api_proc)
     console.print(
         f"started the CDC snapshot flow, the enrichment flow and the alerts worker (logs in {log_dir}); "
         f"a local SMTP mailbox on 127.0.0.1:{receivers.smtp_port} and a webhook receiver at "
@@ -226,6 +229,7 @@ def run_demo(settings: Settings, console: Console, *, vehicles: int, rate: float
     doc = orjson.loads(truth.read_bytes())
     _show_states(settings, console, doc)
     _show_outliers(settings, console, doc, demo_started_ms)
+    show_api(settings, console, api_base)
     deadline = time.monotonic() + 15  # notifications leave after group_wait; give the worker a moment
     fired = sum(1 for i in doc["incidents"] if i["expect_alert"])
     while time.monotonic() < deadline and len(receivers.hooks) < fired:
