@@ -237,9 +237,8 @@ async def sse_fanout(
     conns = []
     for _ in range(clients):
         r, w = await asyncio.open_connection("127.0.0.1", port, limit=2**20)
-        w.write(
-            f"GET /v1/events?fleet=busan HTTP/1.1\r\nHost: b\r\nAuthorization: Bearer {token}\r\n\r\n".encode()
-        )
+        request = f"GET /v1/events?fleet=busan HTTP/1.1\r\nHost: b\r\nAuthorization: Bearer {token}\r\n\r\n"
+        w.write(request.encode())
         conns.append((r, w))
     for r, _w in conns:
         head = await r.readuntil(b"\r\n\r\n")
