@@ -67,7 +67,7 @@ def _all(http: httpx.Client, **params: Any) -> list[dict[str, Any]]:
 
 def _events(settings: Settings, base: str, token: str, n: int) -> list[tuple[str, str, int]]:
     """Replay the first events the change stream still holds, with Last-Event-ID (resume)."""
-    first = redis.Redis.from_url(settings.redis_url).xrange(f"{settings.state_prefix}changes", count=1)
+    first: Any = redis.Redis.from_url(settings.redis_url).xrange(f"{settings.state_prefix}changes", count=1)
     if not first:
         return []
     out: list[tuple[str, str, int]] = []

@@ -97,12 +97,13 @@ def test_empty_policy_file_is_refused() -> None:
 
 def test_cursors_are_opaque_bound_and_bounded() -> None:
     c = Cursors(b"k" * 32)
-    q = {"fleet": "busan", "after": None}
+    q: dict[str, object] = {"fleet": "busan", "after": None}
     token = c.encode("vehicles", "1042", q)
     assert "1042" not in token and len(token) < 100
     assert c.decode(token, "vehicles", q) == "1042"
-    for bad, query in [(token, {"fleet": "seoul"}), (token[:-1] + "A", q), ("99999999999999999999999", q),
-                       ("x" * 300, q), ("", q)]:  # fmt: skip
+    cases: list[tuple[str, dict[str, object]]] = [(token, {"fleet": "seoul"}), (token[:-1] + "A", q), ("99999999999999999999999", q),
+                       ("x" * 300, q), ("", q)]  # fmt: skip
+    for bad, query in cases:
         with pytest.raises(CursorError):
             c.decode(bad, "vehicles", query)
     with pytest.raises(CursorError):
