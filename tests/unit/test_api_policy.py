@@ -101,8 +101,8 @@ def test_cursors_are_opaque_bound_and_bounded() -> None:
     token = c.encode("vehicles", "1042", q)
     assert "1042" not in token and len(token) < 100
     assert c.decode(token, "vehicles", q) == "1042"
-    cases: list[tuple[str, dict[str, object]]] = [(token, {"fleet": "seoul"}), (token[:-1] + "A", q), ("99999999999999999999999", q),
-                       ("x" * 300, q), ("", q)]  # fmt: skip
+    other: dict[str, object] = {"fleet": "seoul"}
+    cases = [(token, other), (token[:-1] + "A", q), ("99999999999999999999999", q), ("x" * 300, q), ("", q)]
     for bad, query in cases:
         with pytest.raises(CursorError):
             c.decode(bad, "vehicles", query)
