@@ -94,5 +94,31 @@ async def principal(
     return await key_of(svc, f"Bearer {creds.credentials}" if creds is not None else None)
 
 
+_ALLOWED: dict[int, frozenset[str]] = {}
+
+
+def _query_names(dependant: Any) -> set[str]:
+    names = {p.alias for p in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+async def strict_query(request: Request) -> None:
+    """Unknown query parameters are refused (422), so a typo (``?fleeet=``) never silently widens a list."""
+    if not request.query_params:
+        return
+    route: Any = request.scope.get("route")
+    allowed = _ALLOWED.get(id(route))
+    if allowed is None:
+        allowed = _ALLOWED[id(route)] = frozenset(_query_names(route.dependant) if route is not None else ())
+    unknown = sorted(set(request.query_params) - allowed)[:5]
+    if unknown:
+        errors = [{"field": f"query.{u[:40]}", "message": "unknown parameter"} for u in unknown]
+        raise Problem(
+            422, "unknown query parameter(s): " + ", ".join(repr(u[:40]) for u in unknown), errors=errors
+        )
+
+
 Svc = Annotated[Services, Depends(services)]
 Key = Annotated[ApiKey, Depends(principal)]

@@ -5,15 +5,15 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Header, Path, Query
+from fastapi import APIRouter, Depends, Header, Path, Query
 from fastapi.responses import StreamingResponse
 
-from api.deps import Key, Svc
+from api.deps import Key, Svc, strict_query
 from api.problems import COMMON, Problem, problem
 from api.sse import Interest
 from stores.vehicles import tags_of
 
-router = APIRouter(prefix="/v1", tags=["events"])
+router = APIRouter(prefix="/v1", dependencies=[Depends(strict_query)], tags=["events"])
 LAST_EVENT_ID = r"^[0-9]{1,20}-[0-9]{1,20}(\.[0-9]{1,9})?$"
 SSE_DOC: dict[int | str, dict[str, Any]] = {
     200: {

@@ -5,20 +5,20 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import orjson
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import Response
 
 from alerts.errors import AlertsError
 from api.alerts_adapter import SilenceDoc, delivery_log
 from api.cursor import CursorError
-from api.deps import Key, Svc
+from api.deps import Key, Svc, strict_query
 from api.models import IncidentDetail, IncidentPage, Rule, Silence, SilenceIn
 from api.problems import COMMON, Problem, problem
 from enrich.rules.model import RuleError, parse_duration
 from stores.vehicles import IncidentQuery
 from stores.vehicles.model import TAG_COLUMNS
 
-router = APIRouter(prefix="/v1")
+router = APIRouter(prefix="/v1", dependencies=[Depends(strict_query)])
 MAX_TS = 2**53 - 1
 INCIDENT_ID = r"^[A-Za-z0-9._:@-]{1,200}$"
 MAX_SILENCE_MS = 90 * 86_400_000

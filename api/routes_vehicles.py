@@ -9,16 +9,16 @@ import zlib
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import Response
 
 from api.cursor import CursorError
-from api.deps import Key, Services, Svc, key_of
+from api.deps import Key, Services, Svc, key_of, strict_query
 from api.models import Device, VehicleDetail, VehiclePage
 from api.problems import COMMON, Problem, problem
 from stores.vehicles import BBox, VehicleQuery, tags_of
 
-router = APIRouter(prefix="/v1", tags=["vehicles"])
+router = APIRouter(prefix="/v1", dependencies=[Depends(strict_query)], tags=["vehicles"])
 MAX_ID = 2**53 - 1
 TEXT = r"^[^\x00-\x1f\x7f]{1,64}$"
 NOT_FOUND: dict[str, Any] = problem(
