@@ -50,7 +50,7 @@ class MemoryVehicleStore:
             return
         summary: list[tuple[int, int, str]] = []
         for car, w in states.items():
-            doc = dict(w.doc) if w.doc is not None else orjson.loads(w.body)
+            doc = orjson.loads(w.body)  # the twin keeps whole documents (w.doc may be partial)
             self.bodies[car], self.parsed[car] = w.body, doc
             tags = tags_of(doc.get("car"), self.tag_columns)
             cid = class_id(tags)

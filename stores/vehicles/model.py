@@ -28,7 +28,8 @@ IncidentStatus = Literal["firing", "resolved"]
 
 class VehicleStateWrite(NamedTuple):
     """One car's new state document (``schemas/vehicle-state.v1``): the encoded JSON that is stored as is,
-    and, when the caller has it, the same document as a dict (saves a decode)."""
+    and, when the caller has it, the document as a dict — the whole document or just its ``car``,
+    ``last_seen``, ``location`` and ``version`` (what the indexes need; saves a decode in the hot path)."""
 
     body: bytes
     doc: Mapping[str, Any] | None = None

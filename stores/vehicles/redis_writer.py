@@ -5,7 +5,10 @@ records and one change-stream entry in ONE pipelined MULTI/EXEC (readers never s
 index entries). Cost per car per batch, in Redis commands (variadic commands shared by the whole batch):
 
 * always: its document in the batch's one ``MSET``, its ``last_seen`` in the batch's one ``ZADD ix:seen``,
-  its ``car,version,class`` in the batch's one ``XADD`` — O(1) arguments, no command of its own;
+  its ``car,version,class`` in the batch's one ``XADD`` — O(1) arguments, no command of its own; in
+  Python, one decode of the document unless the caller passes ``VehicleStateWrite.doc`` (which may be the
+  whole document or just ``car``, ``last_seen``, ``location`` and ``version``), and a dict lookup of the
+  car row's indexed attributes (class and meta are computed once per distinct combination, not per car);
 * only when its location moved: its position in the batch's one ``GEOADD``;
 * only when its car row's indexed attributes changed (class, fleet, model, status, environment) — rare:
   ``HSET ix:meta`` plus one ``ZREM``/``ZADD`` pair per changed index (at most 5 pairs);
@@ -101,6 +104,8 @@ class RedisVehicleWriter:
         self._meta: dict[int, Meta] = {}
         self._loc: dict[int, tuple[float, float] | None] = {}
         self._cids: set[str] = set()
+        self._by_row: dict[tuple[Any, ...], tuple[str, Meta, bytes]] = {}  # row attributes -> class, meta
+        self._fields = tuple(dict.fromkeys((*self.tag_columns, *FILTER_FIELDS)))
         self._sha = ""
 
     def _load_script(self) -> str:
@@ -124,24 +129,33 @@ class RedisVehicleWriter:
         new_loc: dict[int, tuple[float, float] | None] = {}
         stream: list[tuple[int, int, str]] = []
         classes: dict[str, bytes] = {}
+        by_row, fields, known_loc = self._by_row, self._fields, self._loc
+        prefix = k.prefix
         for car, w in states.items():
             doc = w.doc if w.doc is not None else orjson.loads(w.body)
-            docs[k.car(car)] = w.body
-            seen[str(car)] = int(doc.get("last_seen") or 0)
-            tags = tags_of(doc.get("car"), self.tag_columns)
-            cid = class_id(tags)
+            member = str(car)
+            docs[f"{prefix}car:{member}"] = w.body
+            seen[member] = doc.get("last_seen") or 0
+            row = doc.get("car") or {}
+            row_key = tuple([row.get(f) for f in fields])
+            hit = by_row.get(row_key)
+            if hit is None:  # a combination of row attributes not seen before (rare): class and meta once
+                tags = tags_of(row, self.tag_columns)
+                cid = class_id(tags)
+                hit = by_row[row_key] = (cid, meta_of(row, cid), orjson.dumps(tags))
+            cid = hit[0]
             if cid not in self._cids:
-                classes[cid] = orjson.dumps(tags)
-            new_meta[car] = meta_of(doc.get("car"), cid)
+                classes[cid] = hit[2]
+            new_meta[car] = hit[1]
             loc = doc.get("location")
-            pos = (float(loc["lon"]), float(loc["lat"])) if loc else None
-            if car not in self._loc or self._loc[car] != pos:
+            pos = (loc["lon"], loc["lat"]) if loc else None
+            if known_loc.get(car, 0) != pos:
                 new_loc[car] = pos
                 if pos is not None and abs(pos[1]) <= GEO_MAX_LAT:
-                    geo_add.extend((pos[0], pos[1], str(car)))
+                    geo_add.extend((pos[0], pos[1], member))
                 else:
-                    geo_del.append(str(car))
-            stream.append((car, int(doc.get("version") or 0), cid))
+                    geo_del.append(member)
+            stream.append((car, doc.get("version") or 0, cid))
         unknown = [c for c in new_meta if c not in self._meta]
         if unknown:
             raw: Any = self.client.hmget(k.meta, [str(c) for c in unknown])
@@ -185,9 +199,10 @@ class RedisVehicleWriter:
         k = self.keys
         changed = []
         meta_updates: dict[str, str] = {}
+        known = self._meta
         for car, meta in new_meta.items():
-            old = self._meta.get(car)
-            if old == meta:
+            old = known.get(car)
+            if old is meta or old == meta:
                 continue
             changed.append(car)
             member = {str(car): car}
