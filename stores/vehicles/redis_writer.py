@@ -129,7 +129,7 @@ class RedisVehicleWriter:
         new_loc: dict[int, tuple[float, float] | None] = {}
         stream: list[tuple[int, int, str]] = []
         classes: dict[str, bytes] = {}
-        by_row, fields, known_loc = self._by_row, self._fields, self._loc
+        by_row, row_fields, known_loc = self._by_row, self._fields, self._loc
         prefix = k.prefix
         for car, w in states.items():
             doc = w.doc if w.doc is not None else orjson.loads(w.body)
@@ -137,7 +137,7 @@ class RedisVehicleWriter:
             docs[f"{prefix}car:{member}"] = w.body
             seen[member] = doc.get("last_seen") or 0
             row = doc.get("car") or {}
-            row_key = tuple([row.get(f) for f in fields])
+            row_key = tuple([row.get(f) for f in row_fields])
             hit = by_row.get(row_key)
             if hit is None:  # a combination of row attributes not seen before (rare): class and meta once
                 tags = tags_of(row, self.tag_columns)
