@@ -4,6 +4,7 @@ changes and incidents, resuming with Last-Event-ID, ABAC on the simulated fleet.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable
@@ -35,10 +36,8 @@ class SseReader(threading.Thread):
         self.status = 0
 
     def run(self) -> None:
-        try:
+        with contextlib.suppress(httpx.HTTPError):  # the server went away at the end of the test
             self._read()
-        except httpx.HTTPError:  # the server went away at the end of the test
-            pass
 
     def _read(self) -> None:
         headers = {"Authorization": f"Bearer {self.token}"}
