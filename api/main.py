@@ -98,6 +98,7 @@ def create_app(settings: Settings | None = None, policies: Policies | None = Non
     problems.install(app)
     app.add_middleware(BodyLimit, limit=16_384)
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.include_router(routes_vehicles.hot)
     app.include_router(routes_vehicles.router)
     app.include_router(routes_incidents.router)
     app.include_router(routes_events.router)
