@@ -101,12 +101,13 @@ class Broker:
                 await asyncio.sleep(1.0)
 
     # -- rendering -------------------------------------------------------------------------------------
-    async def _tags(self, cid: str) -> Tags | None:
-        classes = await self.reader.classes()
-        return classes.get(cid)
-
     async def render(
-        self, interest: Interest, change: Change, docs: dict[int, bytes], skip: int = -1
+        self,
+        interest: Interest,
+        change: Change,
+        docs: dict[int, bytes],
+        classes: dict[str, Tags],
+        skip: int = -1,
     ) -> bytes:
         """The SSE text of one stream entry for one interest (events with index <= ``skip`` left out)."""
         parts: list[bytes] = []
@@ -114,13 +115,13 @@ class Broker:
         vehicle_action = "vehicles:Get" if interest.car_id is not None else "vehicles:List"
         incident_action = "incidents:Get" if interest.car_id is not None else "incidents:List"
         for car, _version, cid in change.states:
-            if not await self._wants(interest, car, cid, vehicle_action) or car not in docs:
+            if not self._wants(interest, car, cid, vehicle_action, classes) or car not in docs:
                 continue
             if n > skip:
                 parts.append(b"id: %s.%d\nevent: state\ndata: %s\n\n" % (change.id.encode(), n, docs[car]))
             n += 1
         for inc in change.incidents:
-            if not await self._wants(interest, int(inc["car_id"]), str(inc["cid"]), incident_action):
+            if not self._wants(interest, int(inc["car_id"]), str(inc["cid"]), incident_action, classes):
                 continue
             if n > skip:
                 data = orjson.dumps({k: v for k, v in inc.items() if k != "cid"})
@@ -128,30 +129,33 @@ class Broker:
             n += 1
         return b"".join(parts)
 
-    async def _wants(self, interest: Interest, car: int, cid: str, action: str) -> bool:
+    def _wants(self, interest: Interest, car: int, cid: str, action: str, classes: dict[str, Tags]) -> bool:
         if interest.car_id is not None and car != interest.car_id:
             return False
-        tags = await self._tags(cid)
+        tags = classes.get(cid)
         if tags is None:
             return False
         if interest.fleet is not None and tags.get("fleet") != interest.fleet:
             return False
         return self.policies.decide(interest.key, action, tags)  # type: ignore[arg-type]
 
-    async def _docs_for(self, interests: list[Interest], change: Change) -> dict[int, bytes]:
+    async def _docs_for(
+        self, interests: list[Interest], change: Change, classes: dict[str, Tags]
+    ) -> dict[int, bytes]:
         wanted: set[int] = set()
         for interest in interests:
             action = "vehicles:Get" if interest.car_id is not None else "vehicles:List"
             for car, _v, cid in change.states:
-                if car not in wanted and await self._wants(interest, car, cid, action):
+                if car not in wanted and self._wants(interest, car, cid, action, classes):
                     wanted.add(car)
         return await self.reader.docs(sorted(wanted))
 
     async def _dispatch(self, change: Change) -> None:
         groups = list(self.groups.items())
-        docs = await self._docs_for([i for i, _ in groups], change)
+        classes = await self.reader.classes()  # once per entry (a new class is seen at once: registry size)
+        docs = await self._docs_for([i for i, _ in groups], change, classes)
         for interest, clients in groups:
-            text = await self.render(interest, change, docs)
+            text = await self.render(interest, change, docs, classes)
             if not text:
                 continue
             for client in list(clients):
@@ -215,8 +219,9 @@ class Broker:
             if not changes:
                 return
             for change in changes:
-                docs = await self._docs_for([interest], change)
-                text = await self.render(interest, change, docs, skip if change.id == eid else -1)
+                classes = await self.reader.classes()
+                docs = await self._docs_for([interest], change, classes)
+                text = await self.render(interest, change, docs, classes, skip if change.id == eid else -1)
                 after = change.id
                 sent += 1
                 yield text, after
