@@ -70,7 +70,8 @@ class _StatePartition(StatefulSinkPartition[StateOut, None]):
                 else:
                     still.append(f)
             self._pending = still
-            self._pending.append(self._pool.submit(self._write_states, latest, [body for _key, body in alerts]))
+            events = [body for _key, body in alerts]
+            self._pending.append(self._pool.submit(self._write_states, latest, events))
         metrics.BATCH_SECONDS.labels("enrich_state_out").observe(time.perf_counter() - start)
 
     def snapshot(self) -> None:
