@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Header, Path, Query
+from fastapi import APIRouter, Depends, Header, Path, Query, Request
 from fastapi.responses import StreamingResponse
 
-from api.deps import Key, Svc, strict_query
+from api.deps import Key, Services, Svc, key_of, strict_query
 from api.problems import COMMON, Problem, problem
 from api.sse import Interest
 from stores.vehicles import tags_of
@@ -28,6 +29,21 @@ SSE_DOC: dict[int | str, dict[str, Any]] = {
         },
     }
 }
+
+
+def _still_valid(svc: Services, request: Request) -> Callable[[], Awaitable[bool]]:
+    header = request.headers.get("authorization", "")
+
+    async def check() -> bool:
+        try:
+            await key_of(svc, header)
+            return True
+        except Problem:
+            return False
+
+    return check
+
+
 HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 LastEventId = Annotated[str | None, Header(alias="Last-Event-ID", pattern=LAST_EVENT_ID, max_length=50)]
 
@@ -43,13 +59,17 @@ LastEventId = Annotated[str | None, Header(alias="Last-Event-ID", pattern=LAST_E
     },
 )
 async def vehicle_events(
-    car_id: Annotated[int, Path(ge=0, le=2**53 - 1)], svc: Svc, key: Key, last_event_id: LastEventId = None
+    car_id: Annotated[int, Path(ge=0, le=2**53 - 1)],
+    request: Request,
+    svc: Svc,
+    key: Key,
+    last_event_id: LastEventId = None,
 ) -> StreamingResponse:
     found = await svc.vehicles.vehicle(car_id)
     tags = tags_of(orjson.loads(found[0]).get("car")) if found is not None else {}
     if found is None or not svc.allowed(key, "vehicles:Get", tags):
         raise Problem(404, f"vehicle {car_id} not found")
-    stream = svc.broker.stream(Interest(key, car_id=car_id), last_event_id)
+    stream = svc.broker.stream(Interest(key, car_id=car_id), last_event_id, _still_valid(svc, request))
     return StreamingResponse(stream, media_type="text/event-stream", headers=HEADERS)
 
 
@@ -60,10 +80,11 @@ async def vehicle_events(
     responses={**SSE_DOC, **COMMON},
 )
 async def fleet_events(
+    request: Request,
     svc: Svc,
     key: Key,
     fleet: Annotated[str | None, Query(pattern=r"^[^\x00-\x1f\x7f]{1,64}$")] = None,
     last_event_id: LastEventId = None,
 ) -> StreamingResponse:
-    stream = svc.broker.stream(Interest(key, fleet=fleet), last_event_id)
+    stream = svc.broker.stream(Interest(key, fleet=fleet), last_event_id, _still_valid(svc, request))
     return StreamingResponse(stream, media_type="text/event-stream", headers=HEADERS)

@@ -20,7 +20,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import orjson
@@ -33,6 +34,7 @@ from stores.vehicles.model import stream_id_after
 log = logging.getLogger(__name__)
 QUEUE_MAX = 512
 HEARTBEAT_S = 15.0
+REVALIDATE_S = 5.0
 MAX_REPLAY = 5000
 
 
@@ -168,8 +170,16 @@ class Broker:
                     client.queue.put_nowait(None)  # tells the client's stream to end
 
     # -- one client ------------------------------------------------------------------------------------
-    async def stream(self, interest: Interest, last_event_id: str | None) -> AsyncIterator[bytes]:
+    async def stream(
+        self,
+        interest: Interest,
+        last_event_id: str | None,
+        still_valid: Callable[[], Awaitable[bool]] | None = None,
+    ) -> AsyncIterator[bytes]:
+        """One client's event stream. ``still_valid`` is asked every ``REVALIDATE_S``: a revoked or expired
+        key ends the stream."""
         client = Client(interest)
+        checked = time.monotonic()
         self.groups.setdefault(interest, set()).add(client)
         try:
             yield b"retry: 2000\n\n"
@@ -180,8 +190,12 @@ class Broker:
                     if chunk:
                         yield chunk
             while True:
+                if still_valid is not None and time.monotonic() - checked > REVALIDATE_S:
+                    if not await still_valid():
+                        return
+                    checked = time.monotonic()
                 try:
-                    item = await asyncio.wait_for(client.queue.get(), HEARTBEAT_S)
+                    item = await asyncio.wait_for(client.queue.get(), min(HEARTBEAT_S, REVALIDATE_S))
                 except TimeoutError:
                     yield b": keep-alive\n\n"
                     continue

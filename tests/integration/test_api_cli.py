@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import threading
 import sys
 from pathlib import Path
 
@@ -47,6 +48,17 @@ def test_keys_lifecycle_from_the_command_line(isolated_settings: Settings, tmp_p
         with api_process(s, tmp_path / "api.log") as base:
             auth = {"Authorization": f"Bearer {doc['key']}"}
             assert httpx.get(f"{base}/v1/vehicles/7", headers=auth).status_code == 200
+            ended = threading.Event()
+
+            def listen() -> None:  # an open event stream of the key: revocation must end it too
+                with httpx.stream("GET", f"{base}/v1/events", headers=auth, timeout=30) as r:
+                    assert r.status_code == 200
+                    for _line in r.iter_lines():
+                        pass
+                ended.set()
+
+            listener = threading.Thread(target=listen, daemon=True)
+            listener.start()
             assert enrich(s, "api", "keys", "revoke", doc["id"]).returncode == 0
             assert enrich(s, "api", "keys", "revoke", "000000000000").returncode == 1
 
@@ -56,6 +68,7 @@ def test_keys_lifecycle_from_the_command_line(isolated_settings: Settings, tmp_p
             from stack.procs import wait_until
 
             assert wait_until(refused, timeout=5)  # revocation takes effect within the key cache's second
+            assert ended.wait(timeout=15), "the revoked key's event stream is still open"
     finally:
         cleanup(s)
 
