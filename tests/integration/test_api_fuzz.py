@@ -95,7 +95,8 @@ def test_fuzz_without_a_key(case: Any, running_api: tuple[str, str]) -> None:
         base_url=running_api[0], excluded_checks=[ignored_auth, *excluded(case)], timeout=10
     )
     if case.path.startswith("/v1/"):
-        assert response.status_code in (401, 405, 422), (case.path, response.status_code)
+        # a body that is not JSON is refused (400) before the key is looked at: nothing about data leaks
+        assert response.status_code in (400, 401, 405, 422), (case.path, response.status_code)
 
 
 @schema.include(path_regex=SSE).parametrize()
