@@ -1,11 +1,11 @@
 """The state sink of the enrichment flow: vehicle states to Redis, outlier events to the outliers topic.
 
-Vehicle states are written once per batch (one MSET for every car that changed, by a writer thread, in
-batch order; a later batch's state of a car simply replaces an earlier one, so a replay after a crash is
-harmless). Outlier events are produced as
-they come (the producer batches them for a few ms) and made durable at the end of every epoch, before
-bytewax commits the input offsets: an outlier is never lost, and a replayed one carries the same incident
-id, which the alerts worker deduplicates.
+Vehicle states, their indexes, incident records and the change stream go to Redis in one round trip per
+batch (``stores.vehicles``), from a writer thread, in batch order; a later batch's state of a car simply
+replaces an earlier one, so a replay after a crash is harmless. Outlier events are produced as they come
+(the producer batches them for a few ms) and made durable at the end of every epoch, before bytewax
+commits the input offsets: an outlier is never lost, and a replayed one carries the same incident id,
+which the alerts worker deduplicates.
 """
 
 from __future__ import annotations
@@ -53,8 +53,9 @@ class _StatePartition(StatefulSinkPartition[StateOut, None]):
         latest: dict[int, VehicleStateWrite] = {}
         alerts: list[tuple[bytes | None, bytes]] = []
         for out in items:
+            docs = out.docs
             for car, body in out.states.items():
-                latest[car] = VehicleStateWrite(body)  # coalesce: one write per vehicle per batch
+                latest[car] = VehicleStateWrite(body, docs.get(car))  # one write per vehicle per batch
             for car, body in out.outliers:
                 alerts.append((str(car).encode(), body))
         if alerts:

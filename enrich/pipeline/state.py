@@ -130,6 +130,7 @@ class BucketInput:
 @dataclass(slots=True)
 class StateOut:
     states: dict[int, bytes] = field(default_factory=dict)  # car -> vehicle-state JSON
+    docs: dict[int, dict[str, Any]] = field(default_factory=dict)  # car -> that document (never mutated)
     outliers: list[tuple[int, bytes]] = field(default_factory=list)  # (car, outlier JSON)
 
     def __bool__(self) -> bool:
@@ -426,8 +427,10 @@ class StateCore:
                 cs.dirty = False
                 cs.version += 1
                 cs.updated_at = wall_ms
-                body = orjson.dumps(cs.document())
+                doc = cs.document()
+                body = orjson.dumps(doc)
                 out.states[car_id] = body
+                out.docs[car_id] = doc
                 docs[car_id] = body
         self._unsnapped |= touched
         self.encode_s += time.perf_counter() - start
