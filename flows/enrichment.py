@@ -152,10 +152,6 @@ class BucketLogic(StatefulLogic[BucketInput, StateOut, StateSnapshot]):
         metrics.BATCH_SECONDS.labels("enrich_state").observe(time.perf_counter() - start)
         return ([out] if out else []), StatefulLogic.RETAIN
 
-    def on_eof(self) -> tuple[list[StateOut], bool]:
-        out = self.core.finish(_now_ms())
-        return ([out] if out else []), StatefulLogic.RETAIN
-
     def snapshot(self) -> StateSnapshot:
         return self.core.snapshot()
 

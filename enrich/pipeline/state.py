@@ -235,8 +235,10 @@ class StateCore:
         return out
 
     def finish(self, wall_ms: int) -> StateOut:
-        """The end of a bounded input: every partition has been read, so all of them count as idle —
-        held events are released and deadlines before the newest event time are evaluated."""
+        """The end of an input known to be complete (a recorded replay): every partition counts as idle —
+        held events are released and deadlines before the newest event time are evaluated. A flow never
+        calls this at the end of what Kafka holds now (``--until-eof``): more may come, and a later run
+        must give what one continuous run gives, so held events wait in the recovery state."""
         for partition, progress in list(self.watermark.progress.items()):
             self.watermark.observe(partition, progress, True)
         return self.process(BucketInput({}, "", 0), wall_ms)

@@ -50,4 +50,6 @@ def replay(
         progress = max(e["ts"] for e in ordered[start : start + chunk])
         result = core.process(BucketInput(cars, "replay", progress), progress)
         out += [orjson.loads(body) for _car, body in result.outliers]
+    if ordered:
+        out += [orjson.loads(body) for _car, body in core.finish(ordered[-1]["ts"]).outliers]
     return out
