@@ -48,14 +48,14 @@ MetricsHost = Annotated[
 ]
 
 
-def snapshot_store(settings: Settings) -> RedisSnapshotStore:
-    import redis
-
+def snapshot_store(settings: Settings, *, wait: bool = True) -> RedisSnapshotStore:
+    """The snapshot store; ``wait=False`` gives up quickly while Redis is away (HTTP API, one-shot reads)."""
     from enrich.tables import load_tables
+    from stores.redis_client import quick_client, redis_client
     from stores.redis_snapshot import RedisSnapshotStore
 
     return RedisSnapshotStore(
-        redis.Redis.from_url(settings.redis_url),
+        redis_client(settings) if wait else quick_client(settings),
         load_tables(settings.tables_file),
         prefix=settings.snapshot_prefix,
         tombstone_ttl_s=settings.snapshot_tombstone_ttl_s,
