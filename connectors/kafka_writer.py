@@ -46,7 +46,8 @@ from enrich.settings import Settings
 log = logging.getLogger(__name__)
 
 Source = SourceRef | Record
-Outgoing = tuple[bytes | None, bytes] | tuple[bytes | None, bytes, Source | None]
+Key = bytes | str | None
+Outgoing = tuple[Key, bytes] | tuple[Key, bytes, Source | None]
 DeliveryCallback = Callable[[Any, Any], None]
 
 WAIT_LOG_S = 5.0
@@ -86,9 +87,7 @@ class KafkaWriterError(Exception):
 class ProducerPort(Protocol):
     """What the writer needs of a producer (confluent_kafka.Producer; a fake in unit tests)."""
 
-    def produce(
-        self, topic: str, value: bytes | None = None, key: bytes | None = None, **kw: Any
-    ) -> None: ...
+    def produce(self, topic: str, value: bytes | None = None, key: Key = None, **kw: Any) -> None: ...
 
     def poll(self, timeout: float = ...) -> int: ...
 
@@ -178,13 +177,22 @@ class KafkaWriter:
                 else:
                     produce(topic, value, key, on_delivery=_Tracked(self, source))
             except (BufferError, KafkaException):
-                self.send_to(topic, key, value, source)  # the slow path: waits or dead-letters
+                self._send_slow(topic, key, value, source)  # waits for room or dead-letters
         self.poll()
 
-    def send_to(
-        self, topic: str, key: bytes | None, value: bytes | None, source: Source | None = None
-    ) -> None:
+    def send_to(self, topic: str, key: Key, value: bytes | None, source: Source | None = None) -> None:
         """Produce one record to ``topic``; waits while the local queue is full."""
+        try:
+            if source is None:
+                self._producer.produce(topic, value, key)
+            else:
+                self._producer.produce(topic, value, key, on_delivery=_Tracked(self, source))
+            return
+        except (BufferError, KafkaException):
+            pass
+        self._send_slow(topic, key, value, source)
+
+    def _send_slow(self, topic: str, key: Key, value: bytes | None, source: Source | None) -> None:
         waited_since: float | None = None
         last_log = 0.0
         while True:
@@ -205,7 +213,7 @@ class KafkaWriter:
                                 "reachable?", now - waited_since, len(self._producer), topic)  # fmt: skip
                 self._producer.poll(0.05)
             except KafkaException as exc:
-                self._failed(exc.args[0], topic, key, value, source)
+                self._failed(exc.args[0], topic, self._bytes(key), value, source)
                 break
         self._pump()
         self._raise_if_fatal()
@@ -356,6 +364,10 @@ class KafkaWriter:
         self.dead_lettered += 1
         self._produce_letter(self.dlq_topic, letter_key, fit_letter(letter, self.budget))
         metrics.DEAD_LETTERS.labels(self.stage).inc()
+
+    @staticmethod
+    def _bytes(key: Key) -> bytes | None:
+        return key.encode() if isinstance(key, str) else key
 
     def _raise_if_fatal(self) -> None:
         if self._fatal is not None:

@@ -33,6 +33,7 @@ class Stack:
             controller_port=settings.kafka_controller_port,
             heap=settings.kafka_heap,
             lib=settings.kafka_lib_dir,
+            max_message_bytes=settings.kafka_max_message_bytes,
         )
         self.redis = RedisServer(root / "redis", port=settings.redis_port)
 

@@ -58,14 +58,17 @@ class FakeProducer:
         self.default_cb: Any = None
         self.full_raised = 0
 
-    def produce(self, topic: str, value: bytes | None = None, key: bytes | None = None, **kw: Any) -> None:
+    def produce(
+        self, topic: str, value: bytes | None = None, key: bytes | str | None = None, **kw: Any
+    ) -> None:
         refused = self.on_produce(topic, value)
         if refused is not None:
             raise KafkaException(refused)
         if len(self.queue) >= self.capacity:
             self.full_raised += 1
             raise BufferError("Local: Queue full")
-        self.queue.append((topic, key, value, kw.get("on_delivery") or self.default_cb))
+        k = key.encode() if isinstance(key, str) else key
+        self.queue.append((topic, k, value, kw.get("on_delivery") or self.default_cb))
 
     def poll(self, timeout: float = 0) -> int:
         self.polls += 1
