@@ -17,6 +17,9 @@ from typing import Any
 
 DEFAULT_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 DEFAULT_FETCH_MAX_BYTES = 52_428_800  # librdkafka's default
+# librdkafka logs every failed reconnect at level 3; outages are reported once by connectors.health (through
+# each client's error_cb) instead, so clients only log critical conditions themselves.
+QUIET_LOG_LEVEL = 2
 # Room a dead letter leaves for the record batch and protocol framing around it.
 LETTER_HEADROOM_BYTES = 64 * 1024
 
@@ -36,13 +39,16 @@ def producer_config(bootstrap: str, *, max_message_bytes: int = DEFAULT_MAX_MESS
         "partitioner": "murmur2_random",
         "delivery.report.only.error": True,  # no callback per delivered record: only failures come back
         "reconnect.backoff.max.ms": 5000,
+        "log_level": QUIET_LOG_LEVEL,
     }
 
 
-def consumer_size_config(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> dict[str, Any]:
-    """Fetch sizes that let a consumer read any record the producers and topics accept."""
+def consumer_config(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> dict[str, Any]:
+    """Settings every consumer shares: fetch sizes that let it read any record the producers and topics
+    accept, and quiet client logs (outages are reported through the consumer's error_cb)."""
     fetch_max = max(DEFAULT_FETCH_MAX_BYTES, max_message_bytes)
     return {
+        "log_level": QUIET_LOG_LEVEL,
         "max.partition.fetch.bytes": max_message_bytes,
         "fetch.max.bytes": fetch_max,
         "receive.message.max.bytes": max(100_000_000, fetch_max + 1_000_000),

@@ -28,7 +28,7 @@ from confluent_kafka.admin import AdminClient
 
 from connectors import kafka_writer
 from connectors.health import monitor
-from connectors.kafka_config import DEFAULT_MAX_MESSAGE_BYTES, consumer_size_config
+from connectors.kafka_config import DEFAULT_MAX_MESSAGE_BYTES, consumer_config
 from connectors.kafka_writer import UNREACHABLE
 from enrich.records import PartitionBatch, Record
 from enrich.settings import get_settings
@@ -70,7 +70,8 @@ class _BatchPartition(StatefulSourcePartition[Any, int]):
         linger_s: float = 0.005,
         idle_after_s: float | None = None,
     ) -> None:
-        self._consumer = Consumer(config)
+        self._health = monitor("kafka")
+        self._consumer = Consumer({**config, "error_cb": self._client_error})
         self._consumer.assign([TopicPartition(topic, partition, offset)])
         self._topic = topic
         self._partition = partition
@@ -88,7 +89,6 @@ class _BatchPartition(StatefulSourcePartition[Any, int]):
         self._last_record = time.monotonic()
         self._idle_sent = False
         self._at_end = False
-        self._health = monitor("kafka")
         self._last_error_log = 0.0
 
     def next_batch(self) -> list[Any]:
@@ -139,6 +139,14 @@ class _BatchPartition(StatefulSourcePartition[Any, int]):
             self._idle_sent = True  # once per idle period: the next record ends it
             return [PartitionBatch(self._topic, self._partition, [], True)]
         return []
+
+    def _client_error(self, err: KafkaError) -> None:
+        if err.code() in UNREACHABLE:
+            self._health.failure(err.str(), what=f"consumer of {self._topic}[{self._partition}]")
+        elif not err.fatal():
+            log.warning("Kafka client error (consumer of %s[%d]): %s", self._topic, self._partition, err)
+        else:
+            raise RuntimeError(f"fatal consumer error on {self._topic}[{self._partition}]: {err}")
 
     def _consume_error(self, err: KafkaError) -> None:
         metrics.CONSUME_ERRORS.labels(self._topic).inc()
@@ -206,7 +214,7 @@ class KafkaBatchSource(FixedPartitionedSource[Any, int]):
             "fetch.min.bytes": 1,
             "fetch.wait.max.ms": 20,
             "queued.min.messages": 200_000,
-            **consumer_size_config(self.max_message_bytes),
+            **consumer_config(self.max_message_bytes),
             **self.add_config,
         }
         offset = OFFSET_BEGINNING if resume_state is None else resume_state

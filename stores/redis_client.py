@@ -20,6 +20,7 @@ for the clients they are given).
 from __future__ import annotations
 
 import copy
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -40,6 +41,12 @@ BACKOFF_BASE_S = 0.05
 BACKOFF_CAP_S = 5.0
 WORKER_SOCKET_TIMEOUT_S = 30.0  # a command slower than this is treated as lost and retried
 API_SOCKET_TIMEOUT_S = 2.0
+_SHUTTING_DOWN = threading.Event()
+
+
+def stop_retrying() -> None:
+    """The process is stopping: calls still waiting for Redis give up (raise) instead of retrying."""
+    _SHUTTING_DOWN.set()
 
 
 class MonitoredRetry(Retry):
@@ -72,6 +79,8 @@ class MonitoredRetry(Retry):
         def on_fail(error: Exception, count: int) -> Any:
             nonlocal failed
             failed = True
+            if _SHUTTING_DOWN.is_set():
+                raise error
             self.health.failure(error)
             return fail(error, count) if with_failure_count else fail(error)
 
