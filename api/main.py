@@ -3,7 +3,11 @@
 GET /vehicles/{car_id}            latest state (ETag = version; 304 on If-None-Match)
 GET /vehicles?cursor=0&limit=100  a page of vehicle states
 GET /devices/{device_id}/record   merged device + car + active reservation from the snapshot
-GET /healthz                      Redis reachable
+GET /healthz                      the process serves; Redis reachable
+GET /readyz                       200 when Redis and Kafka answer, else 503 naming what is down
+GET /metrics                      Prometheus metrics (enrich_dependency_up, ...)
+
+Redis errors answer 503 (the client retries twice briefly, then gives up: stores/redis_client.api_client).
 """
 
 from __future__ import annotations
@@ -15,16 +19,21 @@ from typing import Annotated, Any
 
 import redis.asyncio as aioredis
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import make_asgi_app
 
 from api import queries
-from api.models import Delivery, Health, SnapshotRecord, VehiclePage, VehicleState
+from api.models import Delivery, Health, Readiness, SnapshotRecord, VehiclePage, VehicleState
+from api.readiness import kafka_admin, readiness
 from enrich.settings import Settings, get_settings
+from stores.redis_client import api_client
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    app.state.redis = aioredis.Redis.from_url(settings.redis_url)
+    app.state.redis = api_client(settings)
+    app.state.kafka_admin = kafka_admin(settings)
     try:
         yield
     finally:
@@ -35,6 +44,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="fleet-enrich", version="0.1.0", lifespan=lifespan)
     app.state.settings = settings or get_settings()
     _routes(app)
+    app.mount("/metrics", make_asgi_app())
+
+    @app.exception_handler(aioredis.RedisError)
+    async def redis_unavailable(_request: Request, exc: aioredis.RedisError) -> JSONResponse:
+        return JSONResponse({"detail": f"redis unavailable: {exc}"}, status_code=503)
+
     return app
 
 
@@ -82,7 +97,7 @@ def _routes(app: FastAPI) -> None:
     async def device_record(device_id: str, settings: SettingsDep) -> Any:
         from cli.flows import snapshot_store
 
-        store = snapshot_store(settings)  # the lookup is one Lua call; run it off the event loop
+        store = snapshot_store(settings, wait=False)  # one Lua call; run it off the event loop
         merged = (await asyncio.to_thread(store.lookup, "deviceinfo", [device_id]))[device_id]
         if merged.rows.get("deviceinfo") is None:
             raise HTTPException(404, f"device {device_id} is not in the snapshot")
@@ -102,3 +117,9 @@ def _routes(app: FastAPI) -> None:
             return {"redis": bool(await client.ping())}
         except aioredis.RedisError:
             raise HTTPException(503, "redis unreachable") from None
+
+    @app.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}})
+    async def ready(client: RedisDep, request: Request) -> Any:
+        """200 when Redis and Kafka both answer; 503 with the names of those that do not."""
+        state = await readiness(client, request.app.state.kafka_admin)
+        return JSONResponse(state, status_code=200 if state["ready"] else 503)

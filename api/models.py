@@ -52,3 +52,10 @@ class Delivery(BaseModel):
 
 class Health(BaseModel):
     redis: bool
+
+
+class Readiness(BaseModel):
+    ready: bool
+    redis: bool = Field(description="Redis answered PING")
+    kafka: bool = Field(description="Kafka answered a metadata request")
+    down: list[str] = Field(description="Dependencies that did not answer")
