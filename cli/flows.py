@@ -100,15 +100,26 @@ def _run_flow(
     metrics_port: int | None,
     metrics_host: str,
 ) -> None:
+    import yaml
+    from pydantic import ValidationError
+
+    from enrich.errors import EnrichError
     from flows.recovery import RecoveryLayoutError
     from flows.runner import run
+    from stack.supervisor import EXIT_CONFIG
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = get_settings()
+    try:
+        settings = get_settings()
+        flow = build(settings)
+    except (EnrichError, ValidationError, OSError, yaml.YAMLError) as exc:
+        # Bad configuration (settings, tables, rules): restarting cannot help, say so with EX_CONFIG.
+        logging.getLogger("enrich").error("configuration error: %s", exc)
+        raise typer.Exit(EXIT_CONFIG) from exc
     _serve_metrics(settings, metrics_port, metrics_host)
     try:
-        run(build(settings), _run_options(settings, name, recovery_dir, no_recovery, process_id, addresses))
-    except RecoveryLayoutError as exc:
+        run(flow, _run_options(settings, name, recovery_dir, no_recovery, process_id, addresses))
+    except RecoveryLayoutError as exc:  # the recovery directories do not fit this cluster: not restarted
         typer.echo(f"enrich flow {name}: {exc}", err=True)
         raise typer.Exit(2) from exc
 

@@ -2,7 +2,7 @@
 kill -9 and restart, never the shared services. Started once per session and only when a test asks.
 
 Size knobs (env): ``ENRICH_FAULT_EVENTS`` (telemetry events of the pipeline run, default 100000),
-``ENRICH_FAULT_RATE`` (events/s, default 5000), ``ENRICH_FAULT_VEHICLES`` (default 1000).
+``ENRICH_FAULT_RATE`` (events/s, default 2500), ``ENRICH_FAULT_VEHICLES`` (default 1000).
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 One simulator run of ``ENRICH_FAULT_EVENTS`` (default 100,000) telemetry events with every scenario, while
 the snapshot, enrichment and alerts workers run under ``enrich run`` (the supervisor restarts what dies):
 
-* kill -9 of the enrichment worker (at 25 % of the run), broker kill -9 and restart (45 %), Redis kill -9
-  and restart (70 %), kill -9 of the alerts worker in the middle of a webhook retry (its receiver fails
-  the first attempts);
+* kill -9 of the enrichment worker (at 25 % of the run), broker kill -9 and restart (45 %, back after a
+  few seconds), Redis kill -9 and restart (75 %), kill -9 of the alerts worker in the middle of a webhook
+  retry (its receiver fails the first attempts);
 * planted: a year-2100 event (15 %), a device swap of a car with an injected incident (35 %), a 5 MB event
   (85 %).
 
@@ -48,7 +48,7 @@ from tests.integration.pipeline import run_to_eof
 pytestmark = pytest.mark.integration
 
 EVENTS = int(os.environ.get("ENRICH_FAULT_EVENTS", "100000"))
-RATE = float(os.environ.get("ENRICH_FAULT_RATE", "5000"))
+RATE = float(os.environ.get("ENRICH_FAULT_RATE", "2500"))
 VEHICLES = int(os.environ.get("ENRICH_FAULT_VEHICLES", "1000"))
 YEAR_2100_MS = 4_102_444_800_000
 BIG_BYTES = 5 * 1024 * 1024
@@ -246,11 +246,17 @@ def run(private_stack: PrivateStack, tmp_path_factory: pytest.TempPathFactory) -
             blob = {"Vehicle.Diagnostics.Dump": "x" * BIG_BYTES}
             result.planted["big"] = plant(writer, s, big_dev.device_id, event_time(), 10**9 + 1, blob)
 
+        broker_back = threading.Thread(target=private_stack.kafka.start, daemon=True)
+
+        def broker_down() -> None:  # kill -9 now, start again in the background (it takes a few seconds)
+            private_stack.kafka.kill()
+            broker_back.start()
+
         steps = [
             (0.15, "planted a year-2100 event", future),
             (0.25, "kill -9 enrichment worker", workers["enrich"].kill9),
-            (0.45, "broker kill -9 + restart", lambda: private_stack.kafka.restart(hard=True, down_s=3)),
-            (0.70, "redis kill -9 + restart", lambda: private_stack.redis.restart(hard=True, down_s=2)),
+            (0.45, "broker kill -9 (restarting)", broker_down),
+            (0.75, "redis kill -9 + restart", lambda: private_stack.redis.restart(hard=True, down_s=2)),
             (0.85, "planted a 5 MB event", big),
         ]
         alerts_killed = False
@@ -269,6 +275,7 @@ def run(private_stack: PrivateStack, tmp_path_factory: pytest.TempPathFactory) -
                 continue
             time.sleep(0.1)  # pacing the fault schedule against the simulator's progress
         thread.join()
+        broker_back.join()
         assert not failure, failure
         result.truth = orjson.loads((tmp / "truth.json").read_bytes())
         result.swap = sim.swapped[0]
@@ -419,8 +426,13 @@ def test_every_silence_incident_is_notified_once_per_receiver(run: Run) -> None:
     check_notified_once(run, {"device-silent"})
 
 
-@pytest.mark.xfail(reason=f"{LEAD}: silence over the car's current devices only (the planted device swap), "
-                   "and future-skew hygiene (the year-2100 event)", strict=False)  # fmt: skip
+FALSE_INCIDENT_XFAIL = (
+    f"{LEAD}: silence measured over the car's current devices only (the planted swap and the simulator's own "
+    "device swaps make the removed devices look silent), and future-skew hygiene (the year-2100 event)"
+)
+
+
+@pytest.mark.xfail(reason=FALSE_INCIDENT_XFAIL, strict=False)
 def test_no_false_incident(run: Run) -> None:
     expected = set(run.expected_incidents())
     fired = {(o["rule_id"], o["car_id"]) for o in run.outliers if o["status"] == "firing"}
