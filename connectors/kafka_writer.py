@@ -18,8 +18,11 @@ sent so far is delivered or dead-lettered:
 * **Errors no record can fix** (the idempotent producer's fatal errors, unknown topic, authorisation)
   raise ``KafkaWriterError`` from ``send``/``poll``/``flush``: bad configuration, exit non-zero.
 
-Cost: a record sent with a source carries a small callback object (about 0.4 µs); records without one use
-the producer's shared callback. Delivery reports come back only for failures.
+Sources cost little: the writer remembers the source of each record in flight by the hash of its bytes
+(one dict entry, no callback per record — a per-record callback would cost ~4 µs) and forgets them all
+once the producer's queue is empty; a failed delivery report finds its source by the same hash (of two
+in-flight records with identical bytes, the letter names the later one). Delivery reports come back only
+for failures.
 
 The producer sits behind ``ProducerPort`` so the error handling is unit-tested with a fake producer.
 """
@@ -106,20 +109,6 @@ def classify(err: Any) -> str:
     return "retry"
 
 
-class _Tracked:
-    """The delivery callback of one record sent with a source (only called if the delivery failed)."""
-
-    __slots__ = ("source", "writer")
-
-    def __init__(self, writer: KafkaWriter, source: Source) -> None:
-        self.writer = writer
-        self.source = source
-
-    def __call__(self, err: Any, msg: Any) -> None:
-        if err is not None:
-            self.writer._failed(err, msg.topic(), msg.key(), msg.value(), self.source)
-
-
 class KafkaWriter:
     """A producer with a default topic and an optional dead-letter topic (see the module docstring)."""
 
@@ -147,6 +136,7 @@ class KafkaWriter:
         self._letters: deque[tuple[str, bytes | None, bytes]] = deque()  # (topic, key, letter) to (re)send
         self._condemned: deque[tuple[Any, str, bytes | None, bytes | None, Source | None]] = deque()
         self._fatal: KafkaWriterError | None = None
+        self._sources: dict[int, Source] = {}  # hash(value) -> source, for records in flight
         self._on_letter_cb: DeliveryCallback = self._on_letter
         if producer is None:
             conf: dict[str, Any] = producer_config(bootstrap, max_message_bytes=max_message_bytes)
@@ -168,25 +158,24 @@ class KafkaWriter:
         """Produce ``(key, value)`` or ``(key, value, source)`` records to the default topic."""
         topic = self.topic
         produce = self._producer.produce
+        sources = self._sources
         for item in items:
-            source = item[2] if len(item) == 3 else None
             key, value = item[0], item[1]
+            source = item[2] if len(item) == 3 else None
+            if source is not None:
+                sources[hash(value)] = source
             try:
-                if source is None:
-                    produce(topic, value, key)
-                else:
-                    produce(topic, value, key, on_delivery=_Tracked(self, source))
+                produce(topic, value, key)
             except (BufferError, KafkaException):
                 self._send_slow(topic, key, value, source)  # waits for room or dead-letters
         self.poll()
 
     def send_to(self, topic: str, key: Key, value: bytes | None, source: Source | None = None) -> None:
         """Produce one record to ``topic``; waits while the local queue is full."""
+        if source is not None:
+            self._sources[hash(value)] = source
         try:
-            if source is None:
-                self._producer.produce(topic, value, key)
-            else:
-                self._producer.produce(topic, value, key, on_delivery=_Tracked(self, source))
+            self._producer.produce(topic, value, key)
             return
         except (BufferError, KafkaException):
             pass
@@ -197,10 +186,7 @@ class KafkaWriter:
         last_log = 0.0
         while True:
             try:
-                if source is None:
-                    self._producer.produce(topic, value, key)
-                else:
-                    self._producer.produce(topic, value, key, on_delivery=_Tracked(self, source))
+                self._producer.produce(topic, value, key)
                 break
             except BufferError:
                 now = time.monotonic()
@@ -247,7 +233,13 @@ class KafkaWriter:
         self._producer.poll(0)
         if self._retry or self._letters or self._condemned:
             self._pump()
+        self._forget_delivered()
         self._raise_if_fatal()
+
+    def _forget_delivered(self) -> None:
+        # An empty queue means every record was delivered or its failure report was served.
+        if self._sources and len(self._producer) == 0 and not self._retry:
+            self._sources.clear()
 
     def flush(self) -> None:
         """Block until every record sent so far is delivered or dead-lettered. Never raises because the
@@ -260,6 +252,7 @@ class KafkaWriter:
             remaining = self._producer.flush(1.0)
             self._raise_if_fatal()
             if remaining == 0 and not (self._retry or self._letters or self._condemned):
+                self._forget_delivered()
                 if waited:
                     self.health.recovered()
                 return
@@ -290,11 +283,10 @@ class KafkaWriter:
                 return
         while self._retry:
             topic, key, value, source = self._retry.popleft()
+            if source is not None:
+                self._sources[hash(value)] = source
             try:
-                if source is None:
-                    self._producer.produce(topic, value, key)
-                else:
-                    self._producer.produce(topic, value, key, on_delivery=_Tracked(self, source))
+                self._producer.produce(topic, value, key)
             except BufferError:
                 self._retry.appendleft((topic, key, value, source))
                 self._producer.poll(0.05)
@@ -304,7 +296,8 @@ class KafkaWriter:
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
         if err is not None:
-            self._failed(err, msg.topic(), msg.key(), msg.value(), None)
+            value = msg.value()
+            self._failed(err, msg.topic(), msg.key(), value, self._sources.pop(hash(value), None))
 
     def _on_letter(self, err: Any, msg: Any) -> None:
         if err is None:
