@@ -10,7 +10,9 @@ first call that works again (``recovered``). The monitor turns that into
 * ``generation``: incremented at the end of every outage, so caches that may have missed invalidations
   while the dependency was away can notice and drop what they hold.
 
-Invariant: a monitor is down from the first failure until the next success, whichever thread sees them.
+Invariant: a monitor is down from the first failure until the next success, whichever thread sees them. A
+failure within ``FLAP_S`` of a recovery continues the same outage (e.g. Redis accepting connections while it
+still loads its data, or a broker answering before its partitions are ready): counted and logged once.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from prometheus_client import Counter, Gauge
 
 Dependency = Literal["kafka", "redis"]
 REMIND_S = 15.0
+FLAP_S = 5.0
 
 log = logging.getLogger("enrich.health")
 
@@ -42,6 +45,8 @@ class DependencyMonitor:
         self.failures = 0  # in the current outage
         self.generation = 0
         self._last_log = 0.0
+        self._recovered_at = float("-inf")
+        self._outage_started = 0.0
         self._lock = threading.Lock()
         DEPENDENCY_UP.labels(name).set(1)
 
@@ -51,9 +56,14 @@ class DependencyMonitor:
         now = time.monotonic()
         with self._lock:
             self.failures += 1
-            if self.up:
+            if self.up and now - self._recovered_at < FLAP_S:  # the same outage, not over after all
                 self.up = False
-                self.down_since = now
+                self.down_since = self._outage_started
+                DEPENDENCY_UP.labels(self.name).set(0)
+            elif self.up:
+                self.up = False
+                self.failures = 1
+                self.down_since = self._outage_started = now
                 self._last_log = now
                 OUTAGES.labels(self.name).inc()
                 DEPENDENCY_UP.labels(self.name).set(0)
@@ -65,7 +75,8 @@ class DependencyMonitor:
                             now - (self.down_since or now), self.failures, error)  # fmt: skip
 
     def recovered(self) -> None:
-        """A call worked. Cheap when already up (called on hot paths)."""
+        """A call worked. Cheap when already up (called on hot paths). ``failures`` keeps counting until a
+        new outage starts."""
         if self.up:
             return
         with self._lock:
@@ -75,7 +86,7 @@ class DependencyMonitor:
             log.info("%s reachable again after %.1fs (%d failed attempts)", self.name, took, self.failures)
             self.up = True
             self.down_since = None
-            self.failures = 0
+            self._recovered_at = time.monotonic()
             self.generation += 1
             DEPENDENCY_UP.labels(self.name).set(1)
 

@@ -117,43 +117,39 @@ def plant(writer: KafkaWriter, s: Settings, device: str, ts: int, seq: int, sign
 
 
 def collect(run: Run, s: Settings) -> None:
-    """Read the telemetry topic (ids, offsets, newest accepted event per car)."""
-    newest_any: dict[int, tuple[int, int, bytes, str]] = {}
+    """Read the telemetry topic: every event id and where it is."""
 
     def telemetry(msg: Message) -> None:
         doc = orjson.loads(msg.value() or b"{}")
         eid = f"{doc['device_id']}:{doc['seq']}"
         run.telemetry_ids.add(eid)
         run.offsets[(msg.partition() or 0, msg.offset() or 0)] = eid
-        car = run.device_car.get(doc["device_id"])
-        if car is not None:
-            key = (doc["ts"], doc["seq"])
-            if car not in newest_any or key > newest_any[car][:2]:
-                newest_any[car] = (doc["ts"], doc["seq"], msg.value() or b"", eid)
 
     reader = TopicReader(s, s.topic_telemetry, telemetry)
     while reader.read(5.0):
         pass
     reader.close()
+
+
+def newest_accepted(run: Run, s: Settings) -> dict[int, tuple[int, int, bytes]]:
+    """Per car, the newest (event time, seq) telemetry event that was not dead-lettered."""
     dead = run.dead_ids()
-    # The newest accepted event per car: the newest overall unless it was dead-lettered (then recompute).
-    if any(v[3] in dead for v in newest_any.values()):
-        newest_any.clear()
+    newest: dict[int, tuple[int, int, bytes]] = {}
 
-        def again(msg: Message) -> None:
-            doc = orjson.loads(msg.value() or b"{}")
-            car = run.device_car.get(doc["device_id"])
-            if car is None or f"{doc['device_id']}:{doc['seq']}" in dead:
-                return
-            key = (doc["ts"], doc["seq"])
-            if car not in newest_any or key > newest_any[car][:2]:
-                newest_any[car] = (doc["ts"], doc["seq"], msg.value() or b"", "")
+    def telemetry(msg: Message) -> None:
+        doc = orjson.loads(msg.value() or b"{}")
+        car = run.device_car.get(doc["device_id"])
+        if car is None or f"{doc['device_id']}:{doc['seq']}" in dead:
+            return
+        key = (doc["ts"], doc["seq"])
+        if car not in newest or key > newest[car][:2]:
+            newest[car] = (doc["ts"], doc["seq"], msg.value() or b"")
 
-        reader = TopicReader(s, s.topic_telemetry, again)
-        while reader.read(5.0):
-            pass
-        reader.close()
-    run.newest = {car: (ts, seq, raw) for car, (ts, seq, raw, _e) in newest_any.items()}
+    reader = TopicReader(s, s.topic_telemetry, telemetry)
+    while reader.read(5.0):
+        pass
+    reader.close()
+    return newest
 
 
 def read_all(s: Settings, topic: str) -> list[dict[str, Any]]:
@@ -296,6 +292,7 @@ def run(private_stack: PrivateStack, tmp_path_factory: pytest.TempPathFactory) -
         result.faults.append(f"drained {time.monotonic() - mark:.0f}s after the run")
         enriched.close()
         dlq.close()
+        result.newest = newest_accepted(result, s)
 
         def states_match() -> bool:
             result.states = states(s)
