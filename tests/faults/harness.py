@@ -161,20 +161,24 @@ class TopicReader:
         }  # fmt: skip
         self.consumer = Consumer(conf)
         md = self.consumer.list_topics(topic, timeout=30)
-        self.consumer.assign([TopicPartition(topic, p, 0) for p in md.topics[topic].partitions])
+        self.parts = [TopicPartition(topic, p, 0) for p in md.topics[topic].partitions]
+        self.consumer.assign(self.parts)
+        self.next: dict[int, int] = {tp.partition: 0 for tp in self.parts}  # next offset to read
         self.handle = handle
 
-    def read(self, max_s: float = 2.0) -> int:
-        """Read what is there now (up to ``max_s``); returns the number of messages read."""
+    def read(self, max_s: float = 60.0) -> int:
+        """Read up to the end of every partition as it is now (high watermarks taken at the call).
+        Returns the number of messages read."""
+        ends = {tp.partition: self.consumer.get_watermark_offsets(tp, timeout=30)[1] for tp in self.parts}
         n = 0
         deadline = _now() + max_s
-        while _now() < deadline:
-            batch = self.consumer.consume(5000, 0.2)
-            if not batch:
-                break
-            for msg in batch:
+        while any(self.next[p] < end for p, end in ends.items()):
+            if _now() > deadline:
+                raise TimeoutError(f"topic not read to its end in {max_s}s: {self.next} < {ends}")
+            for msg in self.consumer.consume(5000, 0.5):
                 err = msg.error()
                 if err is None:
+                    self.next[msg.partition() or 0] = (msg.offset() or 0) + 1
                     self.handle(msg)
                     n += 1
                 elif err.code() not in (KafkaError._PARTITION_EOF, KafkaError._TRANSPORT):
