@@ -13,12 +13,10 @@ import signal
 import time
 from pathlib import Path
 
-import redis
-
 from enrich.settings import Settings
 from stack.kafka import KafkaBroker
 from stack.procs import free_port, wait_until
-from stack.redis_server import RedisServer
+from stack.redis_server import RedisServer, redis_answers
 from stack.topics import broker_ready
 
 
@@ -44,13 +42,7 @@ class PrivateRedis:
         self.url = f"redis://127.0.0.1:{self.port}/0"
 
     def ready(self) -> bool:
-        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5, socket_timeout=0.5, retry=None)
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return False
-        finally:
-            client.close()
+        return redis_answers(self.url, timeout=0.5)
 
     def start(self, timeout: float = 30) -> None:
         self.server.start()

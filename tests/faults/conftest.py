@@ -18,6 +18,7 @@ import pytest
 
 from enrich.settings import Settings
 from stack.topics import create_topics, topic_specs
+from tests.conftest import settings_for_test
 from tests.private_services import PrivateKafka, PrivateRedis
 
 
@@ -30,24 +31,9 @@ class PrivateStack:
     def settings(self, tmp: Path, **overrides: object) -> Settings:
         """Settings on the private services, with this test's own topics (created) and key prefixes."""
         token = f"f{uuid.uuid4().hex[:6]}"
-        s = Settings(
-            kafka_bootstrap=self.kafka.bootstrap,
-            redis_url=self.redis.url,
-            state_dir=tmp / "state",
-            topic_telemetry=f"{token}.telemetry",
-            topic_cdc_prefix=f"{token}.cdc.",
-            topic_enriched=f"{token}.enriched",
-            topic_outliers=f"{token}.outliers",
-            topic_dlq=f"{token}.dlq",
-            telemetry_partitions=2,
-            cdc_partitions=1,
-            stream_partitions=2,
-            snapshot_prefix=f"{token}:snap:",
-            state_prefix=f"{token}:state:",
-            alerts_prefix=f"{token}:alerts:",
-            history_dir=tmp / "history",
+        s = settings_for_test(
+            self.kafka.bootstrap, self.redis.url, token, tmp, state_dir=tmp / "state", **overrides
         )
-        s = s.model_copy(update=overrides)
         create_topics(s.kafka_bootstrap, topic_specs(s))
         return s
 
