@@ -12,7 +12,7 @@
           continue: true
     receivers:
       - name: customer-email
-        email: {to_customer: true}
+        email: {to_customer: true, notify_when_already_resolved: true}   # the default
       - name: ops-webhook
         webhook: {url: "https://ops.example.com/hooks/fleet", secrets: [whsec_...]}
     inhibit_rules:
@@ -22,6 +22,11 @@
     allow_private_targets: []   # CIDRs webhooks may reach despite the SSRF guard (tests: 127.0.0.0/8)
 
 Children inherit ``receiver``, ``group_by`` and the intervals of their parent unless they set them.
+
+An incident that fired always reaches every receiver of its route: when it was already resolved before the
+receiver's first notification about it, the notification carries it with its start and end even where
+``send_resolved`` is false (that receiver never heard of it); ``notify_when_already_resolved: false`` opts
+an integration out (e.g. customers who need not hear about a problem that is over).
 """
 
 from __future__ import annotations
@@ -43,10 +48,18 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
+ALREADY_RESOLVED_HELP = (
+    "Also tell about an incident that fired and was already resolved before this receiver heard of it "
+    "(both arrived before the group's first notification, e.g. while catching up); the message gives its "
+    "start and end. Independent of send_resolved, which is about incidents the receiver was told firing."
+)
+
+
 class EmailSpec(_Strict):
     to: list[str] = Field(default_factory=list, description="Fixed recipients")
     to_customer: bool = Field(False, description="Also the renting customer's address from the outlier")
     send_resolved: bool = False
+    notify_when_already_resolved: bool = Field(True, description=ALREADY_RESOLVED_HELP)
 
 
 class WebhookSpec(_Strict):
@@ -58,6 +71,7 @@ class WebhookSpec(_Strict):
     backoff: str = Field("1s", description="First retry delay; doubles per attempt, with jitter")
     max_backoff: str = "5m"
     send_resolved: bool = True
+    notify_when_already_resolved: bool = Field(True, description=ALREADY_RESOLVED_HELP)
 
 
 class ReceiverSpec(_Strict):

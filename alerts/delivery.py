@@ -125,7 +125,11 @@ class SmtpSettings:
     timeout_s: float = 15.0
 
 
-def send_email(smtp: SmtpSettings, to: list[str], subject: str, text: str, html: str) -> Attempt:
+def send_email(
+    smtp: SmtpSettings, to: list[str], subject: str, text: str, html: str, *, message_id: str | None = None
+) -> Attempt:
+    """Send one multipart e-mail. ``message_id`` (e.g. from the outbox job id) makes a resend after a crash
+    carry the same ``Message-ID``, so mail clients and tests can tell it is the same message."""
     if not to:
         return Attempt(False, error="no recipients", retry=False)
     msg = EmailMessage()
@@ -133,7 +137,7 @@ def send_email(smtp: SmtpSettings, to: list[str], subject: str, text: str, html:
     msg["To"] = ", ".join(to)
     msg["Subject"] = subject
     msg["Date"] = email.utils.formatdate(localtime=False)
-    msg["Message-ID"] = email.utils.make_msgid(domain="fleet-enrich")
+    msg["Message-ID"] = message_id or email.utils.make_msgid(domain="fleet-enrich")
     msg.set_content(text)
     msg.add_alternative(html, subtype="html")
     try:

@@ -1,6 +1,11 @@
 """A durable outbox in Redis: every delivery is a job that survives restarts until it is delivered or
 dead-lettered; retries back off exponentially with jitter and honour ``Retry-After``.
 
+Invariants: enqueueing is one Lua call and settling one MULTI/EXEC, so a job is always either scheduled,
+delivered or dead-lettered; both are idempotent, so a command retried after a Redis restart (the worker's
+client retries for ever) changes nothing twice. A worker killed after a send but before settling sends
+again after its restart with the same job id (receivers dedupe on ``webhook-id`` / ``Message-ID``).
+
 Keys (prefix ``alerts:``): ``job:<id>`` (the job JSON), ``due:<receiver>`` (sorted set of job ids by next
 attempt time, one per receiver so a slow receiver never delays another), ``done`` (delivered job ids with
 time, for dedup), ``dlq`` (hash id → job with its last error), ``log:<incident>`` (delivery log: receiver →
@@ -19,6 +24,7 @@ import orjson
 import redis
 
 from alerts.delivery import Attempt, backoff_s
+from alerts.dispatch import LogEntry
 
 
 @dataclass(slots=True)
@@ -43,37 +49,50 @@ class Job:
 
 
 class RedisNotificationLog:
-    """The dispatcher's notification log, durable in Redis."""
+    """The dispatcher's notification log, durable in Redis: hash ``nlog``, field ``<group>#<receiver>``,
+    value ``{"digest", "at", "told": {incident: [status, at]}}`` (older ``digest@at`` values are read too)."""
 
     def __init__(self, client: redis.Redis, prefix: str = "alerts:") -> None:
         self.client = client
         self.key = f"{prefix}nlog"
 
-    def last(self, group_key: str, receiver: str) -> tuple[str, int] | None:
+    def last(self, group_key: str, receiver: str) -> LogEntry | None:
         raw: Any = self.client.hget(self.key, f"{group_key}#{receiver}")
         if raw is None:
             return None
-        digest, at = raw.decode().rsplit("@", 1)
-        return digest, int(at)
+        if not raw.startswith(b"{"):
+            digest, at = raw.decode().rsplit("@", 1)
+            return LogEntry(digest, int(at))
+        doc = orjson.loads(raw)
+        told = {k: (v[0], int(v[1])) for k, v in doc.get("told", {}).items()}
+        return LogEntry(doc["digest"], int(doc["at"]), told)
 
-    def record(self, group_key: str, receiver: str, digest: str, at: int) -> None:
-        self.client.hset(self.key, f"{group_key}#{receiver}", f"{digest}@{at}")
+    def record(self, group_key: str, receiver: str, entry: LogEntry) -> None:
+        doc = {"digest": entry.digest, "at": entry.at, "told": {k: list(v) for k, v in entry.told.items()}}
+        self.client.hset(self.key, f"{group_key}#{receiver}", orjson.dumps(doc))
+
+
+ENQUEUE_LUA = """
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 0 end
+if not redis.call('SET', KEYS[3], ARGV[2], 'NX') then return 0 end
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+return 1
+"""
 
 
 class Outbox:
     def __init__(self, client: redis.Redis, prefix: str = "alerts:") -> None:
         self.client = client
         self.p = prefix
+        self._enqueue = client.register_script(ENQUEUE_LUA)
 
     def enqueue(self, job: Job, now_s: float | None = None) -> bool:
-        """Add a job unless it is queued, delivered or dead-lettered already (idempotent by job id)."""
-        if self.client.zscore(f"{self.p}done", job.id) is not None or self.client.hexists(
-            f"{self.p}dlq", job.id
-        ):
+        """Add a job unless it is queued, delivered or dead-lettered already (idempotent by job id). One Lua
+        call: a crash or a lost reply never leaves a job stored but not scheduled."""
+        keys = [f"{self.p}done", f"{self.p}dlq", f"{self.p}job:{job.id}", f"{self.p}due:{job.receiver}"]
+        due = now_s if now_s is not None else time.time()
+        if not self._enqueue(keys=keys, args=[job.id, job.dumps(), due]):
             return False
-        if not self.client.set(f"{self.p}job:{job.id}", job.dumps(), nx=True):
-            return False
-        self.client.zadd(f"{self.p}due:{job.receiver}", {job.id: now_s if now_s is not None else time.time()})
         self._log(job, "queued")
         return True
 

@@ -1,4 +1,10 @@
-"""Turning a notification into what receivers get: an Alertmanager-compatible webhook body, and e-mail."""
+"""Turning a notification into what receivers get: an Alertmanager-compatible webhook body, and e-mail.
+
+``selected`` picks what one integration is told: firing alerts always; alerts resolved after being told
+firing only with ``send_resolved``; alerts that fired and resolved before the receiver heard of them
+(``already_resolved``) with ``notify_when_already_resolved`` (default true) — those carry their start and
+end (``status: resolved`` with ``startsAt`` and ``endsAt`` in the webhook, "from … to …" in the e-mail).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from alerts.config import EmailSpec, WebhookSpec
 from alerts.dispatch import Alert, Notification
 
 
@@ -19,10 +26,21 @@ def _iso(ms: int | None) -> str:
 
 
 def message_id(n: Notification) -> str:
-    """Stable per (group, receiver, content): redeliveries and replays carry the same ``webhook-id``."""
-    resolved = ",".join(sorted(a.incident_id for a in n.resolved))
-    raw = f"{n.group_key}|{n.receiver}|{n.digest}|{resolved}"
+    """Stable per (group, receiver, content, previous notification): redeliveries and replays after a
+    restart carry the same ``webhook-id``, while a repeat after ``repeat_interval`` is a new message."""
+    resolved = ",".join(sorted(a.incident_id for a in (*n.resolved, *n.already_resolved)))
+    raw = f"{n.group_key}|{n.receiver}|{n.digest}|{resolved}|{n.after}"
     return "msg_" + hashlib.sha256(raw.encode()).hexdigest()[:24]
+
+
+def selected(n: Notification, spec: EmailSpec | WebhookSpec) -> list[Alert]:
+    """The alerts of ``n`` one integration is told about (see the module docstring); may be empty."""
+    out = list(n.firing)
+    if spec.send_resolved:
+        out += n.resolved
+    if spec.notify_when_already_resolved:
+        out += n.already_resolved
+    return out
 
 
 def _common(alerts: list[Alert], attr: str) -> dict[str, str]:
@@ -37,12 +55,14 @@ def _common(alerts: list[Alert], attr: str) -> dict[str, str]:
     return first
 
 
-def webhook_body(n: Notification) -> bytes:
-    alerts = [*n.firing, *n.resolved]
+def webhook_body(n: Notification, alerts: list[Alert] | None = None) -> bytes:
+    """The Alertmanager-compatible body for ``alerts`` (default: all of ``n``'s)."""
+    if alerts is None:
+        alerts = [*n.firing, *n.resolved, *n.already_resolved]
     doc: dict[str, Any] = {
         "version": "4",
         "groupKey": n.group_key,
-        "status": "firing" if n.firing else "resolved",
+        "status": "firing" if any(a.status == "firing" for a in alerts) else "resolved",
         "receiver": n.receiver,
         "groupLabels": n.labels,
         "commonLabels": _common(alerts, "labels"),
@@ -66,17 +86,26 @@ def webhook_body(n: Notification) -> bytes:
 
 
 def customer_email_of(n: Notification) -> str | None:
-    for a in [*n.firing, *n.resolved]:
+    for a in [*n.firing, *n.resolved, *n.already_resolved]:
         res = (a.event.get("snapshot") or {}).get("reservation") or {}
         if res.get("customer_email"):
             return str(res["customer_email"])
     return None
 
 
-def email_content(n: Notification) -> tuple[str, str, str]:
-    """(subject, text, html) of the e-mail for a notification."""
-    status = f"FIRING:{len(n.firing)}" if n.firing else f"RESOLVED:{len(n.resolved)}"
-    alerts = [*n.firing, *n.resolved]
+def _when(a: Alert) -> str:
+    if a.status == "resolved" and a.ends_at is not None:
+        return f"from {_iso(a.starts_at)} to {_iso(a.ends_at)} (resolved)"
+    return f"since {_iso(a.starts_at)}"
+
+
+def email_content(n: Notification, alerts: list[Alert] | None = None) -> tuple[str, str, str]:
+    """(subject, text, html) of the e-mail about ``alerts`` (default: all of ``n``'s). A resolved alert
+    states when it started and when it was resolved."""
+    if alerts is None:
+        alerts = [*n.firing, *n.resolved, *n.already_resolved]
+    firing = [a for a in alerts if a.status == "firing"]
+    status = f"FIRING:{len(firing)}" if firing else f"RESOLVED:{len(alerts)}"
     names = sorted({a.labels.get("alertname", "alert") for a in alerts})
     cars = sorted({a.labels.get("car_id", "?") for a in alerts})
     subject = f"[{status}] {', '.join(names)} - car {', '.join(cars)}"
@@ -92,18 +121,18 @@ def email_content(n: Notification) -> tuple[str, str, str]:
         what = ann.get("summary", a.labels.get("alertname", ""))
         detail = f"{car.get('model', '')} {car.get('plate', '')}".strip()
         about = f" (car {a.labels.get('car_id')} {detail})" if "car_id" in a.labels else ""
-        lines.append(f"- [{a.status}] {what}{about} since {_iso(a.starts_at)}")
+        lines.append(f"- [{a.status}] {what}{about} {_when(a)}")
         rows.append(
             f"<tr><td>{html.escape(a.status)}</td><td>{html.escape(what)}</td>"
             f"<td>{html.escape(a.labels.get('car_id', ''))} {html.escape(detail)}</td>"
-            f"<td>{_iso(a.starts_at)}</td></tr>"
+            f"<td>{html.escape(_when(a))}</td></tr>"
         )
     details = [str(a.event["annotations"]["description"]) for a in alerts
                if (a.event.get("annotations") or {}).get("description")]  # fmt: skip
     text = f"{subject}\n\n" + "\n".join(lines) + "\n" + "".join(f"\n{d}\n" for d in details)
     body = (
         f"<html><body><h2>{html.escape(subject)}</h2><table border='1' cellpadding='4'>"
-        "<tr><th>status</th><th>what</th><th>car</th><th>since</th></tr>"
+        "<tr><th>status</th><th>what</th><th>car</th><th>when</th></tr>"
         + "".join(rows)
         + "</table>"
         + "".join(f"<pre>{html.escape(d)}</pre>" for d in details)

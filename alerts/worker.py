@@ -4,6 +4,12 @@ One consumer thread feeds the dispatcher and turns due notifications into outbox
 per receiver works its own queue, so a slow or dead receiver never stalls the others or the consumer. On
 start the consumer re-reads the last ``lookback`` of outliers to rebuild its groups; the notification log
 and the outbox (both in Redis) make that replay send nothing twice.
+
+Outages: every Redis call waits through a Redis restart (stores/redis_client.py: unlimited retries with
+backoff), so the consumer thread pauses on its next Redis call and the delivery threads on theirs; all
+resume where they stopped. A Kafka outage only pauses consumption (the consumer keeps its position);
+start-up waits for the broker (log lines) instead of failing. Jobs are enqueued before the notification is
+recorded as sent, and job ids are deterministic, so a crash anywhere sends nothing twice and loses nothing.
 """
 
 from __future__ import annotations
@@ -17,16 +23,22 @@ from typing import Any
 
 import orjson
 import redis
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from alerts.config import AlertsConfig, ReceiverSpec
 from alerts.delivery import Attempt, SmtpSettings, email_recipients, send_email, send_webhook
 from alerts.dispatch import Dispatcher, Notification, Silence
 from alerts.matchers import parse_all
 from alerts.outbox import Job, Outbox, RedisNotificationLog, work
-from alerts.render import customer_email_of, email_content, message_id, webhook_body
+from alerts.render import customer_email_of, email_content, message_id, selected, webhook_body
+from connectors.health import monitor
+from connectors.kafka_config import consumer_config
+from connectors.kafka_writer import UNREACHABLE
 from enrich.rules.model import parse_duration
 from enrich.settings import Settings
+from stores.redis_client import redis_client, stop_retrying
+
+START_BACKOFF_MAX_S = 30.0
 
 log = logging.getLogger(__name__)
 
@@ -74,17 +86,22 @@ class WorkerOptions:
 
 
 def jobs_for(n: Notification, spec: ReceiverSpec) -> list[Job]:
-    """The deliveries one notification makes for one receiver."""
-    incidents = [a.incident_id for a in (*n.firing, *n.resolved)]
+    """The deliveries one notification makes for one receiver: per integration, the alerts it is told
+    about (``alerts.render.selected``); none when that is nothing."""
     out = []
     mid = message_id(n)
-    if spec.webhook is not None and (n.firing or spec.webhook.send_resolved):
-        out.append(Job(mid, spec.name, "webhook", {"body": webhook_body(n).decode()}, incidents))
-    if spec.email is not None and (n.firing or spec.email.send_resolved):
-        to = email_recipients(spec.email, customer_email_of(n))
-        subject, text, html = email_content(n)
-        payload = {"to": to, "subject": subject, "text": text, "html": html}
-        out.append(Job(mid + ".mail", spec.name, "email", payload, incidents))
+    if spec.webhook is not None:
+        alerts = selected(n, spec.webhook)
+        if alerts:
+            body = webhook_body(n, alerts).decode()
+            out.append(Job(mid, spec.name, "webhook", {"body": body}, [a.incident_id for a in alerts]))
+    if spec.email is not None:
+        alerts = selected(n, spec.email)
+        if alerts:
+            to = email_recipients(spec.email, customer_email_of(n))
+            subject, text, html = email_content(n, alerts)
+            payload = {"to": to, "subject": subject, "text": text, "html": html}
+            out.append(Job(mid + ".mail", spec.name, "email", payload, [a.incident_id for a in alerts]))
     return out
 
 
@@ -95,7 +112,7 @@ class AlertsWorker:
         self.settings = settings
         self.config = config
         self.options = options or WorkerOptions()
-        self.client = redis.Redis.from_url(settings.redis_url)
+        self.client = redis_client(settings)
         self.outbox = Outbox(self.client, settings.alerts_prefix)
         self.silences = SilenceStore(self.client, settings.alerts_prefix)
         self.dispatcher = Dispatcher(config, RedisNotificationLog(self.client, settings.alerts_prefix))
@@ -110,36 +127,71 @@ class AlertsWorker:
         self.stop = threading.Event()
 
     # -- consuming and dispatching ---------------------------------------------------------------------
-    def _consumer(self) -> Consumer:
-        consumer = Consumer({"bootstrap.servers": self.settings.kafka_bootstrap, "group.id": "enrich-alerts",
-                             "enable.auto.commit": False, "enable.partition.eof": False})  # fmt: skip
+    def _on_client_error(self, err: KafkaError) -> None:
+        if err.code() in UNREACHABLE:
+            monitor("kafka").failure(err.str(), what="alerts consumer")
+        else:
+            log.warning("Kafka client error: %s", err)
+
+    def _consumer(self) -> Consumer | None:
+        """The outliers consumer, positioned ``lookback`` ago; waits (with log lines) while the broker is
+        away. None when asked to stop meanwhile."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.settings.kafka_bootstrap, "group.id": "enrich-alerts",
+            "enable.auto.commit": False, "enable.partition.eof": False, "auto.offset.reset": "earliest",
+            "error_cb": self._on_client_error, **consumer_config(self.settings.kafka_max_message_bytes),
+        }  # fmt: skip
+        consumer = Consumer(conf)
         topic = self.settings.topic_outliers
-        md = consumer.list_topics(topic, timeout=30)
-        since = int(time.time() * 1000) - self.options.lookback_ms
-        wanted = [TopicPartition(topic, p, since) for p in md.topics[topic].partitions]
-        consumer.assign(consumer.offsets_for_times(wanted, timeout=30))
-        return consumer
+        health = monitor("kafka")
+        delay = 1.0
+        while not self.stop.is_set():
+            try:
+                md = consumer.list_topics(topic, timeout=3)
+                meta = md.topics.get(topic)
+                if meta is None or meta.error is not None or not meta.partitions:
+                    raise KafkaException(meta.error if meta is not None and meta.error else "no partitions")
+                since = int(time.time() * 1000) - self.options.lookback_ms
+                wanted = [TopicPartition(topic, p, since) for p in meta.partitions]
+                consumer.assign(consumer.offsets_for_times(wanted, timeout=10))
+                health.recovered()
+                return consumer
+            except KafkaException as exc:
+                health.failure(exc.args[0], what=f"alerts worker: positioning on {topic}")
+                self.stop.wait(delay)
+                delay = min(START_BACKOFF_MAX_S, delay * 2)
+        consumer.close()
+        return None
 
     def tick(self, now_ms: int) -> int:
         """Turn due notifications into outbox jobs. Returns the number of jobs queued."""
         self.dispatcher.silences = self.silences.all()
         queued = 0
-        for n in self.dispatcher.due(now_ms):
-            spec = self.config.receivers[n.receiver]
-            for job in jobs_for(n, spec):
+
+        def deliver(n: Notification) -> None:
+            nonlocal queued
+            for job in jobs_for(n, self.config.receivers[n.receiver]):
                 queued += self.outbox.enqueue(job)
+
+        self.dispatcher.due(now_ms, deliver)
         return queued
 
     def consume_loop(self) -> None:
         consumer = self._consumer()
+        if consumer is None:
+            return
+        health = monitor("kafka")
         try:
             while not self.stop.is_set():
                 for msg in consumer.consume(500, self.options.tick_s):
                     err = msg.error()
                     if err is not None:
-                        if err.code() != KafkaError._PARTITION_EOF:
+                        if err.code() in UNREACHABLE:
+                            health.failure(err.str(), what="alerts consumer")
+                        elif err.code() != KafkaError._PARTITION_EOF:
                             log.warning("consume error on %s[%s]: %s", msg.topic(), msg.partition(), err)
                         continue
+                    health.recovered()
                     try:
                         self.dispatcher.add(orjson.loads(msg.value() or b"{}"), int(time.time() * 1000))
                     except (KeyError, TypeError, orjson.JSONDecodeError) as exc:
@@ -158,7 +210,8 @@ class AlertsWorker:
                                 allowed=self.config.allow_private_targets)  # fmt: skip
         if job.kind == "email" and spec.email is not None:
             p = job.payload
-            return send_email(self.smtp, p["to"], p["subject"], p["text"], p["html"])
+            return send_email(self.smtp, p["to"], p["subject"], p["text"], p["html"],
+                              message_id=f"<{job.id}@fleet-enrich>")  # fmt: skip
         return Attempt(False, error=f"receiver {job.receiver} has no {job.kind} integration", retry=False)
 
     def delivery_loop(self, receiver: str) -> None:
@@ -174,7 +227,8 @@ class AlertsWorker:
                 ):
                     self.stop.wait(self.options.tick_s)
             except redis.RedisError as exc:
-                log.warning("delivery loop of %s: %s", receiver, exc)
+                if not self.stop.is_set():
+                    log.warning("delivery loop of %s: %s", receiver, exc)
                 self.stop.wait(1.0)
 
     def run(self) -> None:
@@ -186,5 +240,7 @@ class AlertsWorker:
             self.consume_loop()
         finally:
             self.stop.set()
+            stop_retrying()  # threads waiting for Redis give up instead of holding the exit
+            deadline = time.monotonic() + 10
             for t in threads:
-                t.join(timeout=10)
+                t.join(timeout=max(0.1, deadline - time.monotonic()))

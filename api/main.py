@@ -12,9 +12,7 @@ from ``cli/`` or ``flows/``.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,7 +21,7 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from api import problems, routes_events, routes_incidents, routes_vehicles
 from api.alerts_adapter import Silences
@@ -32,11 +30,13 @@ from api.deps import Services
 from api.metrics import ApiMetrics, BodyLimit, MetricsMiddleware
 from api.models import Health, Ready
 from api.policy import Policies, load_policy_files
+from api.readiness import kafka_admin, readiness
 from api.sse import Broker
 from enrich.rules.model import load_rules
 from enrich.settings import Settings, get_settings
 from enrich.tables import load_tables
 from stores.apikeys import RedisApiKeyStore
+from stores.redis_client import api_client
 from stores.snapshot_reader import AsyncSnapshotReader
 from stores.vehicles.redis_reader import RedisVehicleReader
 
@@ -54,7 +54,8 @@ async def _cursor_secret(client: aioredis.Redis, prefix: str) -> bytes:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     s: Settings = app.state.settings
-    client = aioredis.Redis.from_url(s.redis_url, socket_connect_timeout=2)
+    client = api_client(s)
+    app.state.kafka_admin = kafka_admin(s)
     svc = Services(
         settings=s,
         redis=client,
@@ -130,25 +131,6 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return doc
 
 
-async def _kafka_ok(app: FastAPI) -> bool:
-    at, ok = app.state.kafka
-    if time.monotonic() - at < KAFKA_CHECK_TTL_S:
-        return bool(ok)
-
-    def probe() -> bool:
-        from confluent_kafka.admin import AdminClient
-
-        try:
-            AdminClient({"bootstrap.servers": app.state.settings.kafka_bootstrap}).list_topics(timeout=2)
-            return True
-        except Exception:
-            return False
-
-    ok = await asyncio.to_thread(probe)
-    app.state.kafka = (time.monotonic(), ok)
-    return bool(ok)
-
-
 def _ops(app: FastAPI) -> None:
     @app.get("/healthz", tags=["ops"], response_model=Health, summary="The process answers")
     async def healthz() -> Any:
@@ -163,12 +145,7 @@ def _ops(app: FastAPI) -> None:
     )
     async def readyz(request: Request) -> Any:
         svc: Services = request.app.state.services
-        try:
-            redis_ok = await asyncio.wait_for(svc.vehicles.ping(), 2)
-        except Exception:
-            redis_ok = False
-        kafka_ok = await _kafka_ok(request.app)
-        body = {"ready": redis_ok and kafka_ok, "redis": redis_ok, "kafka": kafka_ok}
+        body = await readiness(svc.redis, request.app.state.kafka_admin)
         if not body["ready"]:
             import orjson
 
@@ -187,4 +164,7 @@ def _ops(app: FastAPI) -> None:
         svc: Services | None = getattr(request.app.state, "services", None)
         if svc is not None and svc.broker is not None:
             m.sse_clients.set(svc.broker.clients)
-        return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+        # the API's own metrics, then the process's (dependency health: enrich_dependency_up, ...)
+        return Response(
+            generate_latest(m.registry) + generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST
+        )

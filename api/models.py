@@ -257,7 +257,10 @@ class Health(BaseModel):
 
 
 class Ready(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"example": {"ready": True, "redis": True, "kafka": True}})
+    model_config = ConfigDict(
+        json_schema_extra={"example": {"ready": True, "redis": True, "kafka": True, "down": []}}
+    )
     ready: bool
     redis: bool
     kafka: bool
+    down: list[str] = Field(description="The dependencies that do not answer (redis, kafka)")

@@ -16,6 +16,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
@@ -93,6 +94,12 @@ def install(app: FastAPI) -> None:
         ]
         detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors[:3])
         return problem_response(422, detail, request.url.path, errors=errors)
+
+    @app.exception_handler(RedisError)
+    async def on_redis(request: Request, exc: RedisError) -> Response:
+        log.warning("Redis unavailable on %s %s: %s", request.method, request.url.path, exc)
+        return problem_response(503, "the state store is unavailable; retry shortly", request.url.path,
+                                {"Retry-After": "1"})  # fmt: skip
 
     @app.exception_handler(Exception)
     async def on_error(request: Request, exc: Exception) -> Response:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 
-from confluent_kafka import Producer
-
+from connectors.kafka_writer import KafkaWriter
 from enrich.settings import Settings
 from stack.topics import create_topics, topic_specs
 
@@ -32,16 +31,12 @@ def bench_settings(**overrides: object) -> Settings:
 
 
 def produce_all(bootstrap: str, messages: list[tuple[str, bytes | None, bytes | None]]) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 10, "batch.size": 1_000_000})
+    writer = KafkaWriter(bootstrap, stage="bench.produce", config={"linger.ms": 10})
     for topic, key, value in messages:
-        while True:
-            try:
-                producer.produce(topic, value, key)
-                break
-            except BufferError:
-                producer.poll(0.05)
-    if producer.flush(60):
-        raise RuntimeError("produce did not complete")
+        writer.send_to(topic, key, value)
+    writer.flush()
+    if writer.rejected:
+        raise RuntimeError(f"{writer.rejected} messages refused by the broker")
 
 
 def env_for(s: Settings) -> dict[str, str]:

@@ -23,9 +23,10 @@ import time
 import uuid
 from pathlib import Path
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from bench.common import bench_settings, env_for
+from connectors.kafka_writer import KafkaWriter
 from enrich.settings import Settings
 from simulator.run import SimConfig, Simulation
 from stack.topics import create_topics, topic_specs
@@ -53,16 +54,7 @@ def passthrough(s: Settings, total: int) -> float:
 
     create_topics(s.kafka_bootstrap, [TopicSpec(out_topic, s.telemetry_partitions)])
     consumer = _consumer(s, [s.topic_telemetry])
-    producer = Producer(
-        {
-            "bootstrap.servers": s.kafka_bootstrap,
-            "linger.ms": 2,
-            "compression.type": "lz4",
-            "batch.size": 1_000_000,
-            "queue.buffering.max.messages": 1_000_000,
-            "enable.idempotence": True,
-        }
-    )
+    producer = KafkaWriter.from_settings(s, out_topic, stage="bench.passthrough")  # the flows' writer
     n = 0
     start = None
     while n < total:
@@ -71,13 +63,9 @@ def passthrough(s: Settings, total: int) -> float:
                 continue
             if start is None:
                 start = time.perf_counter()
-            try:
-                producer.produce(out_topic, msg.value(), msg.key())
-            except BufferError:
-                producer.poll(0.05)
-                producer.produce(out_topic, msg.value(), msg.key())
+            producer.send_to(out_topic, msg.key(), msg.value())
             n += 1
-        producer.flush(30)  # per batch, like the flow's sink
+        producer.flush()  # per batch, like the flow's sink
     consumer.close()
     return n / (time.perf_counter() - (start or time.perf_counter()))
 

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import orjson
 import redis
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
+from connectors.kafka_writer import KafkaWriter
 from enrich.cdc import Change
 from enrich.settings import Settings
 from enrich.tables import DEFAULT_TABLES
@@ -68,15 +69,7 @@ def load(s: Settings, vehicles: int) -> None:
             chunk = []
     if chunk:
         store.apply(chunk)
-    producer = Producer(
-        {
-            "bootstrap.servers": s.kafka_bootstrap,
-            "linger.ms": 20,
-            "batch.size": 1_000_000,
-            "compression.type": "lz4",
-            "queue.buffering.max.messages": 2_000_000,
-        }
-    )
+    producer = KafkaWriter(s.kafka_bootstrap, stage="bench.idle", config={"linger.ms": 20})
     now = int(time.time() * 1000) - 60_000
     for car in range(1, vehicles + 1):
         body = orjson.dumps(
@@ -87,13 +80,8 @@ def load(s: Settings, vehicles: int) -> None:
                 "signals": {"Vehicle.Speed": 0.0, "Vehicle.LowVoltageBattery.CurrentVoltage": 12.6},
             }
         )
-        while True:
-            try:
-                producer.produce(s.topic_telemetry, body, f"i{car}".encode())
-                break
-            except BufferError:
-                producer.poll(0.05)
-    producer.flush(120)
+        producer.send_to(s.topic_telemetry, f"i{car}".encode(), body)
+    producer.flush()
 
 
 def measure(s: Settings, env: dict[str, str], vehicles: int, seconds: float, tmp: Path) -> float:

@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka import Consumer, KafkaError
 
+from connectors.kafka_writer import KafkaWriter
 from enrich.pipeline.join import JoinBatch, JoinCore
 from enrich.pipeline.state import BucketInput, StateCore
 from enrich.records import Record
@@ -139,28 +140,12 @@ def budget(s: Settings, records: list[Record] | None = None) -> dict[str, float]
         )
     scratch = s.topic_enriched + ".stages"
     create_topics(s.kafka_bootstrap, [TopicSpec(scratch, s.stream_partitions)])
-    producer = Producer(
-        {
-            "bootstrap.servers": s.kafka_bootstrap,
-            "linger.ms": 2,
-            "compression.type": "lz4",
-            "batch.size": 1_000_000,
-            "queue.buffering.max.messages": 1_000_000,
-            "enable.idempotence": True,
-            "partitioner": "murmur2_random",
-        }
-    )
+    producer = KafkaWriter.from_settings(s, scratch, stage="bench.stages")  # the flows' writer
 
     def produce() -> None:
         for jb in joined_batches:
-            for key, body in zip(jb.keys, jb.bodies, strict=True):
-                try:
-                    producer.produce(scratch, body, key)
-                except BufferError:
-                    producer.poll(0.05)
-                    producer.produce(scratch, body, key)
-            producer.poll(0)
-        producer.flush(60)
+            producer.send(list(zip(jb.keys, jb.bodies, strict=True)))
+        producer.flush()
 
     produce_s, _ = _timed(produce)
     prefix = f"stages{uuid.uuid4().hex[:6]}:car:"

@@ -37,30 +37,51 @@ def _config() -> AlertsConfig:
 
 
 def _outbox() -> Outbox:
-    import redis
-
     from alerts.outbox import Outbox
+    from stores.redis_client import quick_client
 
     settings = get_settings()
-    return Outbox(redis.Redis.from_url(settings.redis_url), settings.alerts_prefix)
+    return Outbox(quick_client(settings), settings.alerts_prefix)
 
 
 def _silences() -> SilenceStore:
-    import redis
-
     from alerts.worker import SilenceStore
+    from stores.redis_client import quick_client
 
     settings = get_settings()
-    return SilenceStore(redis.Redis.from_url(settings.redis_url), settings.alerts_prefix)
+    return SilenceStore(quick_client(settings), settings.alerts_prefix)
 
 
 @alerts_app.command("run")
-def run() -> None:
-    """Consume the outliers topic and deliver notifications until stopped."""
+def run(
+    metrics_port: Annotated[int, typer.Option(help="Serve Prometheus metrics on this port (0 = off)")] = 0,
+) -> None:
+    """Consume the outliers topic and deliver notifications until stopped (SIGTERM/SIGINT stop cleanly).
+    Waits through Kafka and Redis outages; exits non-zero only on a configuration error (exit 78)."""
+    import signal
+
+    from alerts.errors import AlertsError
     from alerts.worker import AlertsWorker
+    from stack.supervisor import EXIT_CONFIG
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    AlertsWorker(get_settings(), _config()).run()
+    try:
+        config = _config()
+    except (AlertsError, OSError, yaml.YAMLError) as exc:
+        console.print(f"[red]alerts configuration:[/red] {exc}", highlight=False)
+        raise typer.Exit(EXIT_CONFIG) from exc
+    if metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr="127.0.0.1")
+    worker = AlertsWorker(get_settings(), config)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: worker.stop.set())
+    s = get_settings()
+    logging.getLogger("alerts").info("alerts worker: %d receivers, outliers from %s on %s, state in %s",
+                                     len(config.receivers), s.topic_outliers, s.kafka_bootstrap,
+                                     s.redis_url)  # fmt: skip
+    worker.run()
 
 
 @alerts_app.command("check")
@@ -99,13 +120,7 @@ def silence_list() -> None:
 
 @silence_app.command("expire")
 def silence_expire(silence_id: str) -> None:
-    import redis
-
-    from alerts.worker import SilenceStore
-
-    ok = SilenceStore(redis.Redis.from_url(get_settings().redis_url), get_settings().alerts_prefix).expire(
-        silence_id
-    )
+    ok = _silences().expire(silence_id)
     console.print("expired" if ok else "no such silence")
     if not ok:
         raise typer.Exit(1)

@@ -48,14 +48,14 @@ MetricsHost = Annotated[
 ]
 
 
-def snapshot_store(settings: Settings) -> RedisSnapshotStore:
-    import redis
-
+def snapshot_store(settings: Settings, *, wait: bool = True) -> RedisSnapshotStore:
+    """The snapshot store; ``wait=False`` gives up quickly while Redis is away (HTTP API, one-shot reads)."""
     from enrich.tables import load_tables
+    from stores.redis_client import quick_client, redis_client
     from stores.redis_snapshot import RedisSnapshotStore
 
     return RedisSnapshotStore(
-        redis.Redis.from_url(settings.redis_url),
+        redis_client(settings) if wait else quick_client(settings),
         load_tables(settings.tables_file),
         prefix=settings.snapshot_prefix,
         tombstone_ttl_s=settings.snapshot_tombstone_ttl_s,
@@ -100,15 +100,26 @@ def _run_flow(
     metrics_port: int | None,
     metrics_host: str,
 ) -> None:
+    import yaml
+    from pydantic import ValidationError
+
+    from enrich.errors import EnrichError
     from flows.recovery import RecoveryLayoutError
     from flows.runner import run
+    from stack.supervisor import EXIT_CONFIG
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = get_settings()
+    try:
+        settings = get_settings()
+        flow = build(settings)
+    except (EnrichError, ValidationError, OSError, yaml.YAMLError) as exc:
+        # Bad configuration (settings, tables, rules): restarting cannot help, say so with EX_CONFIG.
+        logging.getLogger("enrich").error("configuration error: %s", exc)
+        raise typer.Exit(EXIT_CONFIG) from exc
     _serve_metrics(settings, metrics_port, metrics_host)
     try:
-        run(build(settings), _run_options(settings, name, recovery_dir, no_recovery, process_id, addresses))
-    except RecoveryLayoutError as exc:
+        run(flow, _run_options(settings, name, recovery_dir, no_recovery, process_id, addresses))
+    except RecoveryLayoutError as exc:  # the recovery directories do not fit this cluster: not restarted
         typer.echo(f"enrich flow {name}: {exc}", err=True)
         raise typer.Exit(2) from exc
 

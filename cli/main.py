@@ -196,6 +196,41 @@ def rules_test(
     console.print(f"{len(docs)} events, {sum(o['status'] == 'firing' for o in outliers)} incidents fired")
 
 
+@app.command(
+    "run",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                      "allow_interspersed_args": False},
+)  # fmt: skip
+def run_worker(
+    ctx: typer.Context,
+    name: Annotated[
+        str | None, typer.Option(help="Worker name (default: from the command, e.g. flow-enrich)")
+    ] = None,
+    max_backoff: Annotated[float, typer.Option(help="Longest wait between restarts, seconds")] = 60.0,
+    stable_after: Annotated[float, typer.Option(help="A run this long resets the backoff, seconds")] = 60.0,
+) -> None:
+    """Run a worker command (e.g. `flow enrich`, `alerts run`, `api`) and restart it when it dies.
+
+    Restarts back off exponentially; SIGTERM/SIGINT stop it cleanly. Status: <state>/workers/<name>.json,
+    output: <state>/workers/<name>.log."""
+    from stack.supervisor import Policy, Supervisor, default_name
+
+    command = list(ctx.args)
+    if not command:
+        console.print(
+            "[red]usage:[/red] enrich run [--name NAME] <worker command...>, e.g. enrich run flow enrich"
+        )
+        raise typer.Exit(2)
+    settings = get_settings()
+    policy = Policy(max_backoff_s=max_backoff, stable_after_s=stable_after)
+    sup = Supervisor(name or default_name(command), command, settings.state_dir.resolve(), policy=policy)
+    sup.install_signal_handlers()
+    console.print(
+        f"supervising `{' '.join(command)}` as {sup.name}: status {sup.status_file}, log {sup.log_file}"
+    )
+    raise typer.Exit(sup.run())
+
+
 @app.command("demo")
 def demo(
     vehicles: Annotated[int, typer.Option(min=10)] = 500,

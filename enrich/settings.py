@@ -31,6 +31,12 @@ class Settings(BaseSettings):
     telemetry_partitions: int = Field(4, ge=1, description="Partitions of the telemetry topic")
     cdc_partitions: int = Field(2, ge=1, description="Partitions of each (compacted) CDC topic")
     stream_partitions: int = Field(4, ge=1, description="Partitions of enriched/outliers/dlq topics")
+    kafka_max_message_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=1_000_000,
+        description="Largest Kafka record the engine writes or reads: producer message.max.bytes, consumer "
+        "fetch sizes and every topic's max.message.bytes (the native broker's message.max.bytes too)",
+    )
 
     # Redis
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL for snapshot and state")

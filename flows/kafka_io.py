@@ -3,29 +3,59 @@
 ``KafkaBatchSource`` emits one item per poll: a list of ``enrich.records.Record``. Keeping the batch as one
 item avoids bytewax's per-item overhead, which would otherwise dominate at 50k+ messages/s. Offsets live in
 bytewax recovery snapshots (as with bytewax's own KafkaSource); a consumer error is logged with topic and
-partition, counted, and reading goes on.
+partition, counted, and reading goes on. While the broker is away the partitions simply return nothing
+(the dependency monitor logs the outage and sets ``enrich_dependency_up{dependency="kafka"}``); reading
+resumes at the same offset when it is back. ``list_parts`` waits for the broker at start-up instead of
+failing; only a topic that does not exist is an error (configuration).
 
-``DeadLetterProducer`` is a plain producer with delivery checked at ``flush`` (our sinks call it at the end
-of each batch, so a batch is durable before its epoch can close).
+Writers live in ``connectors.kafka_writer``. ``KafkaWriter(bootstrap, topic)`` and ``DeadLetterProducer``
+below keep the old constructors: they dead-letter what they cannot produce to this process's
+``ENRICH_TOPIC_DLQ`` but know no source reference; new code uses
+``connectors.kafka_writer.KafkaWriter.from_settings`` and sends ``(key, value, source)``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from connectors import kafka_writer
+from connectors.health import monitor
+from connectors.kafka_config import DEFAULT_MAX_MESSAGE_BYTES, consumer_config
+from connectors.kafka_writer import UNREACHABLE
 from enrich.records import PartitionBatch, Record
+from enrich.settings import get_settings
 from flows import metrics
 
 log = logging.getLogger(__name__)
 IDLE_BACKOFF = timedelta(milliseconds=10)
+ERROR_LOG_EVERY_S = 15.0
+START_BACKOFF_MAX_S = 30.0
+
+
+def wait_for_metadata(bootstrap: str, what: str, topic: str | None = None) -> Any:
+    """Cluster metadata, waiting (with backoff and log lines) while the broker cannot be reached."""
+    health = monitor("kafka")
+    conf: dict[str, Any] = {"bootstrap.servers": bootstrap, "log_level": 0, "error_cb": lambda _e: None}
+    admin = AdminClient(conf)
+    delay = 1.0
+    while True:
+        try:
+            md = admin.list_topics(topic, timeout=10) if topic else admin.list_topics(timeout=10)
+        except KafkaException as exc:
+            health.failure(exc.args[0], what=f"{what}: waiting for {bootstrap}")
+            time.sleep(delay)
+            delay = min(START_BACKOFF_MAX_S, delay * 2)
+            continue
+        health.recovered()
+        return md
 
 
 class _BatchPartition(StatefulSourcePartition[Any, int]):
@@ -40,7 +70,8 @@ class _BatchPartition(StatefulSourcePartition[Any, int]):
         linger_s: float = 0.005,
         idle_after_s: float | None = None,
     ) -> None:
-        self._consumer = Consumer(config)
+        self._health = monitor("kafka")
+        self._consumer = Consumer({**config, "error_cb": self._client_error})
         self._consumer.assign([TopicPartition(topic, partition, offset)])
         self._topic = topic
         self._partition = partition
@@ -58,6 +89,7 @@ class _BatchPartition(StatefulSourcePartition[Any, int]):
         self._last_record = time.monotonic()
         self._idle_sent = False
         self._at_end = False
+        self._last_error_log = 0.0
 
     def next_batch(self) -> list[Any]:
         if self._eof and not self._tail and not self._held:
@@ -69,21 +101,17 @@ class _BatchPartition(StatefulSourcePartition[Any, int]):
             if err is not None:
                 if err.code() == KafkaError._PARTITION_EOF:
                     self._eof = self._at_end = True
+                    self._health.recovered()
                     continue
-                metrics.CONSUME_ERRORS.labels(self._topic).inc()
-                log.warning(
-                    "consume error on %s[%d] at offset %d: %s",
-                    self._topic,
-                    self._partition,
-                    self._offset,
-                    err,
-                )
+                self._consume_error(err)
                 continue
             self._at_end = False
             ts_type, ts = msg.timestamp()
             offset: int = msg.offset()  # type: ignore[assignment]
             key, value = msg.key(), msg.value()
             batch.append(Record(self._topic, self._partition, offset, key, value, ts if ts_type else None))
+        if msgs and not self._health.up and len(batch) > len(self._held):
+            self._health.recovered()
         now = time.monotonic()
         if batch and not self._held_since:
             self._held_since = now
@@ -112,6 +140,25 @@ class _BatchPartition(StatefulSourcePartition[Any, int]):
             return [PartitionBatch(self._topic, self._partition, [], True)]
         return []
 
+    def _client_error(self, err: KafkaError) -> None:
+        if err.code() in UNREACHABLE:
+            self._health.failure(err.str(), what=f"consumer of {self._topic}[{self._partition}]")
+        elif not err.fatal():
+            log.warning("Kafka client error (consumer of %s[%d]): %s", self._topic, self._partition, err)
+        else:
+            raise RuntimeError(f"fatal consumer error on {self._topic}[{self._partition}]: {err}")
+
+    def _consume_error(self, err: KafkaError) -> None:
+        metrics.CONSUME_ERRORS.labels(self._topic).inc()
+        if err.code() in UNREACHABLE:
+            self._health.failure(err.str(), what=f"consumer of {self._topic}[{self._partition}]")
+            return
+        now = time.monotonic()
+        if now - self._last_error_log >= ERROR_LOG_EVERY_S:
+            self._last_error_log = now
+            log.warning("consume error on %s[%d] at offset %d: %s (reading goes on)", self._topic,
+                        self._partition, self._offset, err)  # fmt: skip
+
     def next_awake(self) -> datetime | None:
         return self._awake
 
@@ -135,6 +182,7 @@ class KafkaBatchSource(FixedPartitionedSource[Any, int]):
         tail: bool = True,
         add_config: dict[str, Any] | None = None,
         idle_after_s: float | None = None,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.idle_after_s = idle_after_s
         self.bootstrap = bootstrap
@@ -142,9 +190,10 @@ class KafkaBatchSource(FixedPartitionedSource[Any, int]):
         self.batch_size = batch_size
         self.tail = tail
         self.add_config = add_config or {}
+        self.max_message_bytes = max_message_bytes
 
     def list_parts(self) -> list[str]:
-        md = AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=30)
+        md = wait_for_metadata(self.bootstrap, f"listing partitions of {', '.join(self.topics)}")
         parts: list[str] = []
         for topic in self.topics:
             if topic not in md.topics or md.topics[topic].error is not None:
@@ -161,9 +210,11 @@ class KafkaBatchSource(FixedPartitionedSource[Any, int]):
             "group.id": "enrich-unused",  # offsets live in bytewax recovery, never committed to Kafka
             "enable.auto.commit": False,
             "enable.partition.eof": True,
+            "auto.offset.reset": "earliest",  # an offset gone by retention resumes at the oldest, not the end
             "fetch.min.bytes": 1,
             "fetch.wait.max.ms": 20,
             "queued.min.messages": 200_000,
+            **consumer_config(self.max_message_bytes),
             **self.add_config,
         }
         offset = OFFSET_BEGINNING if resume_state is None else resume_state
@@ -172,58 +223,19 @@ class KafkaBatchSource(FixedPartitionedSource[Any, int]):
         )
 
 
-class KafkaWriter:
-    """A producer for one topic; ``flush`` raises if anything sent since the last flush was not delivered."""
+class KafkaWriter(kafka_writer.KafkaWriter):
+    """The old constructor: dead letters go to this process's ``ENRICH_TOPIC_DLQ`` (records sent without a
+    source cannot be dead-lettered and are logged instead). Prefer ``KafkaWriter.from_settings``."""
 
     def __init__(self, bootstrap: str, topic: str, **config: Any) -> None:
-        self.topic = topic
-        self._failed: list[str] = []
-        self._producer = Producer(
-            {
-                "bootstrap.servers": bootstrap,
-                "enable.idempotence": True,
-                "linger.ms": 2,
-                "compression.type": "lz4",
-                "batch.size": 1_000_000,
-                "queue.buffering.max.messages": 1_000_000,
-                "partitioner": "murmur2_random",
-                "delivery.report.only.error": True,
-                "on_delivery": self._on_delivery,
-                **config,
-            }
-        )
-
-    def _on_delivery(self, err: KafkaError | None, _msg: Message) -> None:
-        if err is not None:
-            self._failed.append(str(err))
-
-    def send(self, items: Sequence[tuple[bytes | None, bytes]]) -> None:
-        produce = self._producer.produce
-        topic = self.topic
-        for key, value in items:
-            try:
-                produce(topic, value, key)
-            except BufferError:
-                self._producer.poll(0.05)
-                produce(topic, value, key)
-
-    def poll(self) -> None:
-        """Serve delivery reports without waiting."""
-        self._producer.poll(0)
-
-    def flush(self) -> None:
-        remaining = self._producer.flush(30)
-        if remaining or self._failed:
-            failed, self._failed = self._failed, []
-            raise RuntimeError(
-                f"messages not delivered to {self.topic}: {remaining} pending, errors {failed[:3]}"
-            )
+        s = get_settings()
+        super().__init__(bootstrap, topic, dlq_topic=s.topic_dlq, stage=f"{topic}.produce",
+                         max_message_bytes=s.kafka_max_message_bytes, config=config)  # fmt: skip
 
 
-class DeadLetterProducer(KafkaWriter):
-    """Writes dead letters to the DLQ topic and counts them per stage."""
+class DeadLetterProducer(kafka_writer.KafkaWriter):
+    """Writes ready-made dead letters (``send_letters(items, stage)``) to ``topic``, each made to fit."""
 
-    def send_letters(self, items: list[tuple[bytes | None, bytes]], stage: str) -> None:
-        self.send(items)
-        if items:
-            metrics.DEAD_LETTERS.labels(stage).inc(len(items))
+    def __init__(self, bootstrap: str, topic: str, **config: Any) -> None:
+        super().__init__(bootstrap, topic, dlq_topic=topic, stage="dlq",
+                         max_message_bytes=get_settings().kafka_max_message_bytes, config=config)  # fmt: skip

@@ -1,12 +1,25 @@
-"""Prometheus metrics of the flows (served by `enrich flow ... --metrics-port`)."""
+"""Prometheus metrics of the flows (served by `enrich flow ... --metrics-port`).
+
+The I/O metrics shared with the other workers (dead letters, producer retries, dependency health
+``enrich_dependency_up`` / ``enrich_dependency_outages_total`` / ``enrich_dependency_retries_total``) are
+defined in ``connectors`` and re-exported here.
+"""
 
 from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from connectors.health import DEPENDENCY_UP, OUTAGES, RETRIES
+from connectors.metrics import DEAD_LETTERS, PRODUCE_QUEUE_FULL, PRODUCE_REJECTED, PRODUCE_RETRIED
+
+__all__ = [
+    "BATCH_SECONDS", "CDC_CHANGES", "CDC_SKIPPED", "CONSUME_ERRORS", "DEAD_LETTERS", "DEPENDENCY_UP",
+    "EVENTS_OUT", "JOIN_MISSES", "JOIN_RETRIED", "OUTAGES", "OUTLIERS", "PENDING", "PRODUCE_QUEUE_FULL",
+    "PRODUCE_REJECTED", "PRODUCE_RETRIED", "RECORDS_IN", "RETRIES", "STATE_WRITES",
+]  # fmt: skip
+
 RECORDS_IN = Counter("enrich_records_in_total", "Messages read from Kafka", ["flow"])
 CONSUME_ERRORS = Counter("enrich_consume_errors_total", "Kafka consume errors (logged, not fatal)", ["topic"])
-DEAD_LETTERS = Counter("enrich_dead_letters_total", "Messages sent to the dead-letter topic", ["stage"])
 CDC_CHANGES = Counter("enrich_cdc_changes_total", "CDC changes by outcome", ["outcome"])
 CDC_SKIPPED = Counter("enrich_cdc_skipped_total", "CDC messages that are not row changes", ["kind"])
 BATCH_SECONDS = Histogram(

@@ -3,6 +3,10 @@
 Bad messages go to the dead-letter topic; control (DDL) records and tombstones are counted. Each micro-batch
 is one Lua call to Redis (chunked), and its dead letters are flushed before the batch is acknowledged, so
 with bytewax recovery the flow is at-least-once and the store's position check makes replays harmless.
+
+Outages: while Redis is away the sink blocks in the store's retrying client, while Kafka is away the
+dead-letter flush waits; either way the worker's input pauses and resumes where it stopped, nothing is
+skipped, and a restart from recovery replays only what was not acknowledged.
 """
 
 from __future__ import annotations
@@ -15,18 +19,19 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from connectors.kafka_writer import KafkaWriter
 from enrich.cdc import CdcBatch, normalise_batch
 from enrich.settings import Settings
 from enrich.snapshot import SnapshotStore
 from enrich.tables import TableSpec
 from flows import metrics
-from flows.kafka_io import DeadLetterProducer, KafkaBatchSource
+from flows.kafka_io import KafkaBatchSource
 
 log = logging.getLogger(__name__)
 
 
 class _SnapshotPartition(StatelessSinkPartition[CdcBatch]):
-    def __init__(self, store: SnapshotStore, dlq: DeadLetterProducer) -> None:
+    def __init__(self, store: SnapshotStore, dlq: KafkaWriter) -> None:
         self.store = store
         self.dlq = dlq
 
@@ -46,9 +51,7 @@ class _SnapshotPartition(StatelessSinkPartition[CdcBatch]):
 
 
 class SnapshotSink(DynamicSink[CdcBatch]):
-    def __init__(
-        self, store_factory: Callable[[], SnapshotStore], dlq_factory: Callable[[], DeadLetterProducer]
-    ):
+    def __init__(self, store_factory: Callable[[], SnapshotStore], dlq_factory: Callable[[], KafkaWriter]):
         self.store_factory = store_factory
         self.dlq_factory = dlq_factory
 
@@ -71,9 +74,9 @@ def build_flow(
 ) -> Dataflow:
     topics = [settings.cdc_topic(t) for t in tables]
     flow = Dataflow("cdc_snapshot")
-    batches = op.input(
-        "cdc_in", flow, KafkaBatchSource(settings.kafka_bootstrap, topics, batch_size=batch_size, tail=tail)
-    )
+    source = KafkaBatchSource(settings.kafka_bootstrap, topics, batch_size=batch_size, tail=tail,
+                              max_message_bytes=settings.kafka_max_message_bytes)  # fmt: skip
+    batches = op.input("cdc_in", flow, source)
     normalised = op.map(
         "normalise",
         batches,
@@ -82,6 +85,8 @@ def build_flow(
     op.output(
         "snapshot_out",
         normalised,
-        SnapshotSink(store_factory, lambda: DeadLetterProducer(settings.kafka_bootstrap, settings.topic_dlq)),
+        SnapshotSink(
+            store_factory, lambda: KafkaWriter.from_settings(settings, settings.topic_dlq, stage="cdc.dlq")
+        ),
     )
     return flow

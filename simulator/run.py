@@ -1,8 +1,11 @@
 """``enrich simulate``: publish the initial CDC load, then paced telemetry and CDC changes, into Kafka.
 
 Event time runs ``time_scale`` times faster than the wall clock and ends at about "now", so the requested
-scenarios fit in a short run and no event lies in the future. Production is batched: no per-message
-callback (``delivery.report.only.error``), the rate is held by a token budget checked every few ms.
+scenarios fit in a short run and no event lies in the future. Production goes through the engine's one
+writer (connectors/kafka_writer.py): no per-message callback, a full queue waits, a broker restart only
+delays; the rate is held by a token budget checked every few ms. ``plan_device_swap`` plants a device
+swap (delete + insert in deviceinfo, the new device reports from then on) of a chosen car at a chosen
+moment, e.g. of a car with an injected incident.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import KafkaError, Message, Producer
 
+from connectors.kafka_writer import KafkaWriter
 from enrich.settings import Settings
 from simulator.cdc import CdcEncoder, CdcFormat
 from simulator.model import Car, Device, Fleet, car_values, encode_signals, silenced
@@ -80,42 +83,29 @@ class Simulation:
         self.cdc = CdcEncoder(config.cdc_format)
         self.delivery_errors = 0
         self.cdc_messages = 0
+        self.sent = 0  # telemetry events produced so far (read by tests while the run goes on)
+        self.swaps: list[tuple[float, int]] = []  # (seconds into the run, car id), planted device swaps
+        self.swapped: list[dict[str, Any]] = []  # what the planted swaps did
+
+    def plan_device_swap(self, car_id: int, at_s: float) -> None:
+        """Swap the car's (first) device for a new one ``at_s`` wall seconds into the run."""
+        if car_id not in self.fleet.cars:
+            raise ValueError(f"no car {car_id}")
+        self.swaps.append((at_s, car_id))
+        self.swaps.sort()
 
     # -- Kafka -----------------------------------------------------------------------------------------
-    def _producer(self) -> Producer:
-        def on_error(err: KafkaError | None, _msg: Message) -> None:
-            if err is not None:
-                self.delivery_errors += 1
+    def _producer(self) -> KafkaWriter:
+        s = self.settings
+        return KafkaWriter(s.kafka_bootstrap, s.topic_telemetry, stage="simulator.produce",
+                           max_message_bytes=s.kafka_max_message_bytes, config={"linger.ms": 10})  # fmt: skip
 
-        return Producer(
-            {
-                "bootstrap.servers": self.settings.kafka_bootstrap,
-                "linger.ms": 10,
-                "batch.size": 1_000_000,
-                "compression.type": "lz4",
-                "queue.buffering.max.messages": 1_000_000,
-                "queue.buffering.max.kbytes": 1_048_576,
-                "enable.idempotence": True,
-                "partitioner": "murmur2_random",
-                "delivery.report.only.error": True,
-                "on_delivery": on_error,
-            }
-        )
-
-    def _send(self, producer: Producer, topic: str, key: bytes, value: bytes | None) -> None:
-        while True:
-            try:
-                producer.produce(topic, value, key)
-                return
-            except BufferError:
-                producer.poll(0.01)
-
-    def _cdc(self, producer: Producer, table: str, op: Any, row: dict[str, Any], commit_ms: int) -> None:
+    def _cdc(self, producer: KafkaWriter, table: str, op: Any, row: dict[str, Any], commit_ms: int) -> None:
         for key, value in self.cdc.encode(table, op, row, commit_ms):
-            self._send(producer, self.settings.cdc_topic(table), key, value)
+            producer.send_to(self.settings.cdc_topic(table), key, value)
             self.cdc_messages += 1
 
-    def initial_load(self, producer: Producer) -> None:
+    def initial_load(self, producer: KafkaWriter) -> None:
         t = self.start_ms - 1000
         for car in self.fleet.cars.values():
             self._cdc(producer, "carinfo", "load", car.row(t), t)
@@ -123,10 +113,21 @@ class Simulation:
             self._cdc(producer, "deviceinfo", "load", device.row(), t)
         for res in self.fleet.reservations.values():
             self._cdc(producer, "reservation", "load", res.row(), t)
-        producer.flush(60)
+        producer.flush()
 
     # -- CDC changes during the run --------------------------------------------------------------------
-    def random_change(self, producer: Producer, t_ms: int) -> None:
+    def swap_device(self, producer: KafkaWriter, car_id: int, t_ms: int) -> tuple[str, str]:
+        """Replace the car's first device by a new one (CDC delete + insert). Returns (old, new) ids."""
+        old = self.fleet.devices_of(car_id)[0]
+        new = self.fleet.new_device(car_id, installed_at=t_ms)
+        new.encoding = old.encoding
+        del self.fleet.devices[old.device_id]
+        self._devices_changed = True
+        self._cdc(producer, "deviceinfo", "delete", old.row(), t_ms)
+        self._cdc(producer, "deviceinfo", "insert", new.row(), t_ms)
+        return old.device_id, new.device_id
+
+    def random_change(self, producer: KafkaWriter, t_ms: int) -> None:
         free = [c for c in self.rng.sample(sorted(self.fleet.cars), min(8, len(self.fleet.cars)))]
         free = [c for c in free if c not in self.pinned]
         if not free:
@@ -138,13 +139,7 @@ class Simulation:
             car.status = "MAINTENANCE" if car.status == "ACTIVE" else "ACTIVE"
             self._cdc(producer, "carinfo", "update", car.row(t_ms), t_ms)
         elif kind < 0.6:
-            old = self.fleet.devices_of(car_id)[0]
-            new = self.fleet.new_device(car_id, installed_at=t_ms)
-            new.encoding = old.encoding
-            del self.fleet.devices[old.device_id]
-            self._devices_changed = True
-            self._cdc(producer, "deviceinfo", "delete", old.row(), t_ms)
-            self._cdc(producer, "deviceinfo", "insert", new.row(), t_ms)
+            self.swap_device(producer, car_id, t_ms)
         elif car_id in self.fleet.active_reservation:
             res = self.fleet.end_reservation(car_id, t_ms)
             if res is not None:
@@ -159,6 +154,7 @@ class Simulation:
         producer = self._producer()
         self.initial_load(producer)
         topic = self.settings.topic_telemetry
+        send = producer.send_to
         dumps = orjson.dumps
         cars = self.fleet.cars
         order: list[Device] = list(self.fleet.devices.values())
@@ -186,6 +182,12 @@ class Simulation:
             while cdc_rate > 0 and cdc_due <= elapsed * cdc_rate:
                 cdc_due += 1
                 self.random_change(producer, t_ms)
+            while self.swaps and self.swaps[0][0] <= elapsed:
+                _at, swap_car = self.swaps.pop(0)
+                old_id, new_id = self.swap_device(producer, swap_car, t_ms)
+                self.swapped.append(
+                    {"car_id": swap_car, "old_device": old_id, "new_device": new_id, "at": t_ms}
+                )
             if self._devices_changed:
                 order = list(self.fleet.devices.values())
                 self.rng.shuffle(order)
@@ -204,18 +206,15 @@ class Simulation:
                     "seq": device.seq,
                     "signals": encode_signals(car_values(car, t_ms), device.encoding),
                 }
-                try:
-                    producer.produce(topic, dumps(payload), device.device_id)
-                except BufferError:
-                    producer.poll(0.01)
-                    producer.produce(topic, dumps(payload), device.device_id)
+                send(topic, device.device_id, dumps(payload))
                 sent += 1
-            producer.poll(0)
+            self.sent = sent
+            producer.poll()
             if progress is not None and time.perf_counter() - last_report >= 1.0:
                 last_report = time.perf_counter()
                 progress(sent, sent / (last_report - start))
         produce_s = time.perf_counter() - start
-        remaining = producer.flush(60)
+        producer.flush()  # waits (and says so) while the broker is away; nothing is dropped
         wall = time.perf_counter() - start
         end_ms = self.start_ms + int(cfg.duration * self.time_scale * 1000)
         self.write_ground_truth(cfg.ground_truth)
@@ -225,7 +224,7 @@ class Simulation:
             wall_s=wall,
             produce_s=produce_s,
             rate_achieved=sent / wall,
-            delivery_errors=self.delivery_errors + remaining,
+            delivery_errors=self.delivery_errors + producer.rejected,
             time_scale=self.time_scale,
             started_at=self.start_ms,
             ended_at=end_ms,

@@ -15,6 +15,7 @@ import uuid
 from importlib import resources
 from pathlib import Path
 
+from connectors.kafka_config import DEFAULT_MAX_MESSAGE_BYTES
 from stack.errors import StackError
 from stack.procs import Managed
 
@@ -33,9 +34,11 @@ class KafkaBroker:
         heap: str = "1g",
         lib: Path | None = None,
         host: str = "127.0.0.1",
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     ) -> None:
         self.root = root.resolve()
         self.host = host  # listeners bind to and advertise this address (loopback for the local stack)
+        self.max_message_bytes = max_message_bytes
         self.port = port
         self.controller_port = controller_port
         self.heap = heap
@@ -120,7 +123,8 @@ class KafkaBroker:
             "log.cleaner.enable": "true",
             "log.retention.hours": "24",
             "log.segment.bytes": str(256 * 1024 * 1024),
-            "message.max.bytes": str(8 * 1024 * 1024),
+            # The same limit as the clients' and the topics' (ENRICH_KAFKA_MAX_MESSAGE_BYTES).
+            "message.max.bytes": str(self.max_message_bytes),
         }
         self.config.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         self.log_config.write_text(

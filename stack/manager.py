@@ -5,13 +5,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import redis
-
 from enrich.settings import Settings
 from stack.errors import StackError
 from stack.kafka import KafkaBroker
 from stack.procs import wait_until
-from stack.redis_server import RedisServer
+from stack.redis_server import RedisServer, redis_answers
 from stack.topics import broker_ready, create_topics, topic_specs
 
 
@@ -33,17 +31,12 @@ class Stack:
             controller_port=settings.kafka_controller_port,
             heap=settings.kafka_heap,
             lib=settings.kafka_lib_dir,
+            max_message_bytes=settings.kafka_max_message_bytes,
         )
         self.redis = RedisServer(root / "redis", port=settings.redis_port)
 
     def redis_ready(self) -> bool:
-        client = redis.Redis.from_url(self.settings.redis_url, socket_connect_timeout=1, socket_timeout=1)
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            return False
-        finally:
-            client.close()
+        return redis_answers(self.settings.redis_url)
 
     def up(self, *, timeout: float = 120.0, log: bool = True) -> dict[str, float]:
         """Install what is missing, start what is not running, wait until ready, create topics.

@@ -7,8 +7,21 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import redis
+
 from stack.errors import StackError
 from stack.procs import Managed
+
+
+def redis_answers(url: str, timeout: float = 1.0) -> bool:
+    """True when the Redis at ``url`` answers PING within ``timeout`` (one try, no retries)."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout, retry=None)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
 
 
 def find_redis_server() -> str | None:

@@ -9,6 +9,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from connectors.kafka_config import topic_size_config
 from enrich.settings import Settings
 from stack.errors import StackError
 
@@ -24,14 +25,22 @@ COMPACTED = {"cleanup.policy": "compact", "min.compaction.lag.ms": "0", "segment
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
-    """Every topic of the engine: telemetry, the compacted CDC topics, and the output/dead-letter topics."""
-    specs = [TopicSpec(settings.topic_telemetry, settings.telemetry_partitions)]
-    specs += [TopicSpec(t, settings.cdc_partitions, dict(COMPACTED)) for t in settings.cdc_topics.values()]
+    """Every topic of the engine: telemetry, the compacted CDC topics, and the output/dead-letter topics.
+
+    Every topic accepts records up to ``ENRICH_KAFKA_MAX_MESSAGE_BYTES`` (``max.message.bytes``), the same
+    limit the producers and consumers are configured with (connectors/kafka_config.py)."""
+    size = topic_size_config(settings.kafka_max_message_bytes)
+    specs = [TopicSpec(settings.topic_telemetry, settings.telemetry_partitions, dict(size))]
     specs += [
-        TopicSpec(settings.topic_enriched, settings.stream_partitions),
-        TopicSpec(settings.topic_outliers, settings.stream_partitions),
+        TopicSpec(t, settings.cdc_partitions, {**COMPACTED, **size}) for t in settings.cdc_topics.values()
+    ]
+    specs += [
+        TopicSpec(settings.topic_enriched, settings.stream_partitions, dict(size)),
+        TopicSpec(settings.topic_outliers, settings.stream_partitions, dict(size)),
         TopicSpec(
-            settings.topic_dlq, settings.stream_partitions, {"retention.ms": str(14 * 24 * 3600 * 1000)}
+            settings.topic_dlq,
+            settings.stream_partitions,
+            {"retention.ms": str(14 * 24 * 3600 * 1000), **size},
         ),
     ]
     return specs

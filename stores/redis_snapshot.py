@@ -16,6 +16,10 @@ A batch travels as one packed argument (changes separated by RS, fields by US; J
 control characters and the normaliser rejects keys that do). Within a batch only the newest change per
 row is sent. The scripts touch keys they compute themselves, so they need a single Redis instance (or one
 hash slot); on Redis Cluster the layout would need hash tags per car — not done yet.
+
+Outages: the store makes its client wait through a Redis restart (``stores.redis_client.ensure_retrying``:
+unlimited retries with backoff, the calling worker blocks meanwhile); the scripts reload themselves after
+``NOSCRIPT``. A batch retried after a lost reply is harmless: every write is position-checked.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import redis
 from enrich.cdc import Change, parent_of
 from enrich.snapshot import ApplyResult, Merged, StoredRow, join_plan
 from enrich.tables import TableSpec
+from stores.redis_client import ensure_retrying
 
 _OPS = {"upsert": "u", "delete": "d", "truncate": "t"}
 US = "\x1f"
@@ -180,7 +185,7 @@ class RedisSnapshotStore:
         feed_maxlen: int = 100_000,
         chunk: int = 2000,
     ) -> None:
-        self.client = client
+        self.client = ensure_retrying(client)
         self.tables = tables
         self.prefix = prefix
         self.tombstone_ttl_s = tombstone_ttl_s

@@ -4,6 +4,9 @@ Each ``lookup`` first reads the feed entries written since the last call (one XR
 drops every cached record they touch: the row itself, and every device whose car (or the car's active
 reservation) changed. Then the records not in the cache are fetched in one Lua call. Misses are never
 cached. Freshness: a change the snapshot flow has applied is seen by the next lookup.
+
+After a Redis outage (``connectors.health`` generation changed) the cache is dropped: a restarted Redis may
+have come back with a different change feed (e.g. without persistence), so nothing cached is trusted.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+from connectors.health import monitor
 from enrich.snapshot import Merged, join_plan
 from stores.redis_snapshot import RedisSnapshotStore
 
@@ -34,6 +38,8 @@ class CachedSnapshot:
                 spec = store.tables[active]
                 if spec.active is not None:
                     self._watch[active].append((spec.active.per, ref))
+        self._health = monitor("redis")
+        self._generation = self._health.generation
         last: Any = store.client.xrevrange(store.feed_key, count=1)
         self._feed_id: bytes = last[0][0] if last else b"0-0"
         self.hits = 0
@@ -94,6 +100,11 @@ class CachedSnapshot:
         self._by_parent.clear()
 
     def lookup(self, pks: Iterable[str]) -> dict[str, Merged]:
+        if self._health.generation != self._generation:  # Redis was away: trust nothing cached
+            self._generation = self._health.generation
+            self.clear()
+            last: Any = self.store.client.xrevrange(self.store.feed_key, count=1)
+            self._feed_id = last[0][0] if last else b"0-0"
         self.poll_feed()
         out: dict[str, Merged] = {}
         todo: list[str] = []

@@ -81,24 +81,33 @@ def isolated_settings(
 ) -> Settings:
     """Settings whose topics, Redis key prefixes and history directory are this test's own (create the
     topics with stack.topics.create_topics, or take ``pipeline_settings``)."""
-    token = unique("")[:-1]
-    return Settings(
-        kafka_bootstrap=kafka_bootstrap,
-        redis_url=redis_url,
-        topic_telemetry=unique("telemetry"),
-        topic_cdc_prefix=unique("cdc."),
-        topic_enriched=unique("enriched"),
-        topic_outliers=unique("outliers"),
-        topic_dlq=unique("dlq"),
-        telemetry_partitions=2,
-        cdc_partitions=1,
-        stream_partitions=2,
-        snapshot_prefix=f"{token}:snap:",
-        state_prefix=f"{token}:state:",
-        alerts_prefix=f"{token}:alerts:",
-        api_prefix=f"{token}:api:",
-        history_dir=tmp_path / "history",
-    )
+    return settings_for_test(kafka_bootstrap, redis_url, unique("")[:-1], tmp_path)
+
+
+def settings_for_test(
+    kafka_bootstrap: str, redis_url: str, token: str, tmp: Path, **more: object
+) -> Settings:
+    """Settings whose topics (``<token>.*``), Redis key prefixes (``<token>:*``) and directories are a test's
+    own, on the given services."""
+    fields: dict[str, object] = {
+        "kafka_bootstrap": kafka_bootstrap,
+        "redis_url": redis_url,
+        "topic_telemetry": f"{token}.telemetry",
+        "topic_cdc_prefix": f"{token}.cdc.",
+        "topic_enriched": f"{token}.enriched",
+        "topic_outliers": f"{token}.outliers",
+        "topic_dlq": f"{token}.dlq",
+        "telemetry_partitions": 2,
+        "cdc_partitions": 1,
+        "stream_partitions": 2,
+        "snapshot_prefix": f"{token}:snap:",
+        "state_prefix": f"{token}:state:",
+        "alerts_prefix": f"{token}:alerts:",
+        "api_prefix": f"{token}:api:",
+        "history_dir": tmp / "history",
+        **more,
+    }
+    return Settings(**fields)  # type: ignore[arg-type]
 
 
 @pytest.fixture

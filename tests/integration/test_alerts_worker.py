@@ -272,3 +272,54 @@ def test_a_slow_receiver_does_not_stall_the_others(
         worker.wait(timeout=30)
         slow.close()
         fast.close()
+
+
+def test_an_incident_over_before_the_first_notification_reaches_ops_and_the_customer_once(
+    pipeline_settings: Settings, tmp_path: Path, mailbox: Mailbox
+) -> None:
+    """Firing and resolved arrive together (catching up): the ops webhook (send_resolved: false) and the
+    customer get it once, with start and end; a restarted worker replaying the topic sends nothing more."""
+    s = pipeline_settings
+    rx = Receiver([])
+    cfg_path = config_file(tmp_path, rx.url, new_secret())
+    cfg = yaml.safe_load(cfg_path.read_text())
+    cfg["route"]["group_wait"] = "2s"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    snap = {"car": {"model": "Kia Ray", "plate": "12가3456"},
+            "reservation": {"customer_email": "late@example.com"}, "signals": {}}  # fmt: skip
+    base = {**outlier("headlights-left-on", 11, "hl-11"), "snapshot": snap, "starts_at": 1_718_000_000_000}
+    base["labels"] = {**base["labels"], "audience": "customer"}
+    producer = Producer({"bootstrap.servers": s.kafka_bootstrap})
+    for doc in (base, {**base, "status": "resolved", "ends_at": 1_718_000_180_000}):
+        producer.produce(s.topic_outliers, orjson.dumps(doc), b"11")
+    assert producer.flush(10) == 0
+
+    def customer_mails() -> list[tuple[list[str], bytes]]:
+        return [m for m in mailbox.messages if "late@example.com" in m[0]]
+
+    worker = start_worker(s, cfg_path, mailbox.port, tmp_path / "w1.log")
+    try:
+        assert wait_until(lambda: len(rx.requests) >= 1 and len(customer_mails()) >= 1, 60), (
+            tmp_path / "w1.log"
+        ).read_text()[-3000:]
+        worker.terminate()
+        worker.wait(timeout=30)
+        worker = start_worker(s, cfg_path, mailbox.port, tmp_path / "w2.log")  # replays the outliers
+        log2 = tmp_path / "w2.log"
+        assert wait_until(lambda: "alerts worker:" in log2.read_text(), 30)
+        settle = threading.Event()
+        settle.wait(5.0)  # group_wait + a tick or two: where a duplicate would be sent
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+        rx.close()
+    [(_hdrs, raw)] = rx.requests
+    body = orjson.loads(raw)
+    [alert] = body["alerts"]
+    assert (body["status"], alert["status"], alert["incidentId"]) == ("resolved", "resolved", "hl-11")
+    assert alert["startsAt"].startswith("2024-06-10T06:13:20") and alert["endsAt"].startswith(
+        "2024-06-10T06:16:20"
+    )
+    [(_to, content)] = customer_mails()
+    text = content.decode(errors="replace")
+    assert "RESOLVED:1" in text and "2024-06-10T06:16:20" in text  # the e-mail states its resolved time

@@ -240,7 +240,12 @@ def test_devices_rules_and_ops(fleet: tuple[Settings, dict[str, str]]) -> None:
         rules = http.get("/v1/rules", headers=auth(keys["none"])).json()
         assert "headlights-left-on" in {r["id"] for r in rules}
         ready = http.get("/readyz")
-        assert ready.status_code == 200 and ready.json() == {"ready": True, "redis": True, "kafka": True}
+        assert ready.status_code == 200 and ready.json() == {
+            "ready": True,
+            "redis": True,
+            "kafka": True,
+            "down": [],
+        }
         metrics = http.get("/metrics").text
         assert (
             'enrich_api_requests_total{method="GET",route="/v1/devices/{device_id}",status="404"}' in metrics
@@ -254,7 +259,12 @@ def test_readyz_reports_kafka_down(isolated_settings: Settings) -> None:
     s = isolated_settings.model_copy(update={"kafka_bootstrap": f"127.0.0.1:{free_port()}"})
     with TestClient(create_app(s)) as http:
         r = http.get("/readyz")
-        assert r.status_code == 503 and r.json() == {"ready": False, "redis": True, "kafka": False}
+        assert r.status_code == 503 and r.json() == {
+            "ready": False,
+            "redis": True,
+            "kafka": False,
+            "down": ["kafka"],
+        }
 
 
 def test_the_seed_policies_as_shipped(fleet: tuple[Settings, dict[str, str]]) -> None:

@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 import pytest
 import redis
-from confluent_kafka import Producer
 
+from connectors.kafka_writer import KafkaWriter
 from enrich.settings import Settings
 from enrich.tables import DEFAULT_TABLES
 from simulator.cdc import CdcEncoder
@@ -32,17 +32,11 @@ def settings(pipeline_settings: Settings) -> Settings:
 
 
 def produce(settings: Settings, messages: list[tuple[bytes, bytes | None, str]]) -> None:
-    producer = Producer(
-        {"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5, "enable.idempotence": True}
-    )
+    writer = KafkaWriter(settings.kafka_bootstrap, stage="test.produce")
     for key, value, table in messages:
-        while True:
-            try:
-                producer.produce(settings.cdc_topic(table), value, key)
-                break
-            except BufferError:
-                producer.poll(0.05)
-    assert producer.flush(30) == 0
+        writer.send_to(settings.cdc_topic(table), key, value)
+    writer.flush()
+    assert writer.rejected == 0
 
 
 def store_of(settings: Settings) -> RedisSnapshotStore:
