@@ -26,6 +26,7 @@ from bytewax.dataflow import Dataflow
 from bytewax.operators import StatefulLogic
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
+from connectors.kafka_writer import KafkaWriter
 from enrich.pipeline.join import JoinBatch, JoinConfig, JoinCore, JoinState, Lookup
 from enrich.pipeline.state import BucketInput, StateCore, StateOut, StateSnapshot
 from enrich.records import PartitionBatch
@@ -34,7 +35,7 @@ from enrich.rules.model import load_rules
 from enrich.settings import Settings
 from enrich.snapshot import Merged
 from flows import metrics
-from flows.kafka_io import DeadLetterProducer, KafkaBatchSource, KafkaWriter
+from flows.kafka_io import KafkaBatchSource
 from flows.vehicle_state import STATE_BUCKETS, StateSink
 from stores.parquet_history import EnrichedRow, HistoryWriter
 from stores.snapshot_cache import CachedSnapshot
@@ -53,13 +54,12 @@ class Resources:
 
 
 def resources(settings: Settings) -> Resources:
-    import redis
-
     from enrich.tables import load_tables
+    from stores.redis_client import redis_client
     from stores.redis_snapshot import RedisSnapshotStore
 
     store = RedisSnapshotStore(
-        redis.Redis.from_url(settings.redis_url),
+        redis_client(settings),
         load_tables(settings.tables_file),
         prefix=settings.snapshot_prefix,
     )
@@ -152,6 +152,10 @@ class BucketLogic(StatefulLogic[BucketInput, StateOut, StateSnapshot]):
         metrics.BATCH_SECONDS.labels("enrich_state").observe(time.perf_counter() - start)
         return ([out] if out else []), StatefulLogic.RETAIN
 
+    def on_eof(self) -> tuple[list[StateOut], bool]:
+        out = self.core.drain(_now_ms())
+        return ([out] if out else []), StatefulLogic.RETAIN
+
     def snapshot(self) -> StateSnapshot:
         return self.core.snapshot()
 
@@ -163,8 +167,8 @@ class _OutPartition(StatefulSinkPartition[JoinBatch, None]):
     ``history_flush_s``."""
 
     def __init__(self, settings: Settings) -> None:
-        self.enriched = KafkaWriter(settings.kafka_bootstrap, settings.topic_enriched)
-        self.dlq = DeadLetterProducer(settings.kafka_bootstrap, settings.topic_dlq)
+        # one writer: enriched events, and dead letters (bad input, and records the broker refuses)
+        self.enriched = KafkaWriter.from_settings(settings, settings.topic_enriched, stage="enrich.produce")
         self.history = HistoryWriter(settings.history_dir or settings.state_dir / "history", background=True)
         self.flush_s = settings.history_flush_s
         self.max_rows = 200_000
@@ -177,10 +181,10 @@ class _OutPartition(StatefulSinkPartition[JoinBatch, None]):
         n = 0
         for out in values:
             if out.bodies:
-                self.enriched.send(list(zip(out.keys, out.bodies, strict=True)))
+                self.enriched.send(zip(out.keys, out.bodies, out.sources, strict=True))
                 n += len(out.bodies)
             if out.dead:
-                self.dlq.send_letters(out.dead, "telemetry.decode")
+                self.enriched.send_letters(out.dead, "telemetry.decode")
             if out.records or out.enriched_rows:
                 key = (out.topic, out.partition)
                 self._raw.setdefault(key, []).extend(out.records)
@@ -203,7 +207,6 @@ class _OutPartition(StatefulSinkPartition[JoinBatch, None]):
         self._last_flush = time.monotonic()
         if durable:
             self.enriched.flush()
-            self.dlq.flush()
             self.history.wait()
         metrics.BATCH_SECONDS.labels("enrich_flush").observe(time.perf_counter() - start)
 
@@ -235,6 +238,7 @@ def build_flow(settings: Settings, *, tail: bool = True, res: Resources | None =
         batch_size=settings.batch_max,
         tail=tail,
         idle_after_s=settings.watermark_idle_s,
+        max_message_bytes=settings.kafka_max_message_bytes,
     )
     batches = op.input("telemetry_in", flow, src)
     keyed = op.key_on("by_partition", batches, lambda b: f"{b.topic}-{b.partition}")

@@ -13,13 +13,13 @@ from __future__ import annotations
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 
-import redis
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
+from connectors.kafka_writer import KafkaWriter
 from enrich.pipeline.state import StateOut
 from enrich.settings import Settings
 from flows import metrics
-from flows.kafka_io import KafkaWriter
+from stores.redis_client import redis_client
 from stores.vehicles import VehicleStateWrite
 from stores.vehicles.redis_writer import RedisVehicleWriter
 
@@ -32,8 +32,8 @@ class _StatePartition(StatefulSinkPartition[StateOut, None]):
     computes the next batch while Redis applies this one; ``snapshot`` waits for both outputs."""
 
     def __init__(self, settings: Settings) -> None:
-        self.store = RedisVehicleWriter(redis.Redis.from_url(settings.redis_url), settings.state_prefix)
-        self.outliers = KafkaWriter(settings.kafka_bootstrap, settings.topic_outliers)
+        self.store = RedisVehicleWriter(redis_client(settings), settings.state_prefix)
+        self.outliers = KafkaWriter.from_settings(settings, settings.topic_outliers, stage="enrich.outliers")
         self._unflushed = 0
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="state-writer")
         self._pending: list[Future[None]] = []

@@ -86,9 +86,9 @@ EnrichedRow = tuple[int, str, int | None, int, str, bytes]  # offset, event id, 
 class JoinBatch:
     topic: str = ""
     partition: int = -1
-    keys: list[bytes] = field(default_factory=list)  # enriched messages: key, value, source offset
+    keys: list[bytes] = field(default_factory=list)  # enriched messages: key, value, the record it came from
     bodies: list[bytes] = field(default_factory=list)
-    offsets: list[int] = field(default_factory=list)
+    sources: list[Record] = field(default_factory=list)
     dead: list[tuple[bytes | None, bytes]] = field(default_factory=list)
     dead_reasons: dict[str, int] = field(default_factory=dict)
     cars: dict[int, CarEvents] = field(default_factory=dict)
@@ -221,7 +221,7 @@ class JoinCore:
         car = frag.car_id
         out.keys.append(frag.key if frag.key is not None else tel.device_id.encode())
         out.bodies.append(body)
-        out.offsets.append(rec.offset)
+        out.sources.append(rec)
         out.enriched_rows.append((rec.offset, event_id, car, tel.ts, frag.status, body))
         out.progress = max(out.progress, tel.ts)
         if car is not None:

@@ -243,6 +243,23 @@ class StateCore:
             self.watermark.observe(partition, progress, True)
         return self.process(BucketInput({}, "", 0), wall_ms)
 
+    def drain(self, wall_ms: int) -> StateOut:
+        """The end of what the input holds now (``--until-eof``): events held for other partitions are
+        folded in, in their order, so the state shows every event read. Partitions are not declared idle
+        and no deadline fires early: a later run over more input continues as one run would."""
+        out = StateOut()
+        touched = []
+        while self._holding:
+            _ts, car_id = heapq.heappop(self._holding)
+            cs = self.car(car_id)
+            if cs.held:
+                ready, cs.held = sorted(cs.held, key=_held_order), []
+                _tel, car_row, res_row = ready[-1]
+                self._car_events(cs, [h[0] for h in ready], car_row, res_row, ready[-1][0].ts, wall_ms, out)
+                touched.append(car_id)
+        self._finish(set(touched), out, wall_ms)
+        return out
+
     # -- cars on several partitions: events in event-time order ----------------------------------------
     def _hold(self, cs: CarState, ce: CarEvents, wall_ms: int, out: StateOut) -> None:
         """A car whose devices report on several partitions sees its events in (time, sequence, device)

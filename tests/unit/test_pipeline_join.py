@@ -76,7 +76,7 @@ def test_enriched_bytes_are_the_document_and_keyed_by_car() -> None:
     assert first == expected and list(first) == list(expected)  # same fields, same order
     assert first["signals"] == {"Vehicle.Speed": 12.5}
     assert first["reservation"]["customer_email"] == "a@b.c" and first["car"]["model"] == "Kia Ray"
-    assert batch.keys == [b"7", b"7"] and batch.offsets == [0, 1]
+    assert batch.keys == [b"7", b"7"] and [r.offset for r in batch.sources] == [0, 1]
     assert batch.progress == NOW and list(batch.cars) == [7] and len(batch.cars[7].events) == 2
     assert [r[1] for r in batch.enriched_rows] == ["d7:1", "d7:2"]
 

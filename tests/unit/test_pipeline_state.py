@@ -290,3 +290,13 @@ def test_the_end_of_a_bounded_input_releases_what_waits_for_other_partitions() -
     end = core.finish(0)
     assert orjson.loads(end.states[1])["signals"][LIGHTS]["ts"] == T0 + 90_000
     assert outliers(end) == [("headlights-left-on", "firing", T0 + 10_000, None)]
+
+
+def test_the_end_of_what_kafka_holds_folds_held_events_without_firing_deadlines() -> None:
+    core = StateCore(engine("headlights-left-on"), Devices(t1=1, b1=1))
+    feed(core, "p1", [(1, Telemetry("b1", T0, 1, {"Vehicle.Speed": 0.0}))])
+    feed(core, "p0", [(1, Telemetry("t1", T0 + i * 10_000, i, parked(True))) for i in range(1, 10)])
+    end = core.drain(0)
+    assert orjson.loads(end.states[1])["signals"][LIGHTS]["ts"] == T0 + 90_000
+    assert outliers(end) == [("headlights-left-on", "firing", T0 + 10_000, None)]  # at an event, not a timer
+    assert not core.cars[1].held and not core.watermark.idle
