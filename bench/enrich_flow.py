@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import argparse
+import resource
 import subprocess
 import sys
 import tempfile
@@ -46,10 +47,10 @@ def _consumer(s: Settings, topics: list[str]) -> Consumer:
     return c
 
 
-def passthrough(s: Settings, total: int) -> float:
-    """Consume the telemetry topic and produce every message to a copy topic; events/s."""
-    out_topic = s.topic_telemetry + ".copy"
-    create_topics(s.kafka_bootstrap, [t for t in topic_specs(s) if t.name == s.topic_telemetry])
+def passthrough(s: Settings, total: int, tag: str = "") -> tuple[float, float]:
+    """Consume the telemetry topic and produce every message to a copy topic: (events/s, CPU µs per event
+    of this process, librdkafka's threads included)."""
+    out_topic = f"{s.topic_telemetry}.copy{tag}"
     from stack.topics import TopicSpec
 
     create_topics(s.kafka_bootstrap, [TopicSpec(out_topic, s.telemetry_partitions)])
@@ -57,6 +58,7 @@ def passthrough(s: Settings, total: int) -> float:
     producer = KafkaWriter.from_settings(s, out_topic, stage="bench.passthrough")  # the flows' writer
     n = 0
     start = None
+    cpu0 = time.process_time()
     while n < total:
         for msg in consumer.consume(5000, 0.5):
             if msg.error() is not None:
@@ -66,8 +68,10 @@ def passthrough(s: Settings, total: int) -> float:
             producer.send_to(out_topic, msg.key(), msg.value())
             n += 1
         producer.flush()  # per batch, like the flow's sink
+    rate = n / (time.perf_counter() - (start or time.perf_counter()))
+    cpu = (time.process_time() - cpu0) / max(n, 1) * 1e6
     consumer.close()
-    return n / (time.perf_counter() - (start or time.perf_counter()))
+    return rate, cpu
 
 
 def topic_span(s: Settings, topic: str) -> tuple[int, float]:
@@ -143,6 +147,7 @@ def main() -> None:
     ap.add_argument("--latency-seconds", type=float, default=15)
     ap.add_argument("--idle-vehicles", default="1000,1000000", help="fleet sizes for the idle CPU figure")
     ap.add_argument("--idle-seconds", type=float, default=20)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved passthrough/flow rounds")
     ap.add_argument("--skip", default="", help="comma-separated: cluster,stages,latency,idle")
     args = ap.parse_args()
     skip = set(filter(None, args.skip.split(",")))
@@ -164,21 +169,44 @@ def main() -> None:
         check=True,
         capture_output=True,
     )
-    base = passthrough(s, report.events)
-    t0 = time.perf_counter()
-    proc = run_flow(env)
-    _out, err = proc.communicate(timeout=900)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        print(err[-4000:])
-        raise SystemExit(1)
-    n, span = topic_span(s, s.topic_enriched)
-    flow_rate = n / max(span, 1e-3)
+    rounds = []
+    for i in range(args.rounds):  # interleaved: a shared machine's speed drifts between minutes
+        base, base_cpu = passthrough(s, report.events, f"{i}")
+        rs = s.model_copy(
+            update={
+                "topic_enriched": f"{s.topic_enriched}.r{i}",
+                "state_prefix": f"r{i}{s.state_prefix}",
+                "history_dir": tmp / f"history-r{i}",
+            }
+        )
+        create_topics(rs.kafka_bootstrap, [t for t in topic_specs(rs) if t.name == rs.topic_enriched])
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        proc = run_flow(env_for(rs))
+        _out, err = proc.communicate(timeout=900)
+        wall = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if proc.returncode != 0:
+            print(err[-4000:])
+            raise SystemExit(1)
+        n, span = topic_span(rs, rs.topic_enriched)
+        flow_rate = n / max(span, 1e-3)
+        flow_cpu = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) / max(n, 1) * 1e6
+        rounds.append((flow_rate / base, base, flow_rate, base_cpu, flow_cpu, report.events / wall, n))
+        print(
+            f"round {i + 1}: passthrough {base:,.0f}/s, enrichment {flow_rate:,.0f}/s, ratio "
+            f"{flow_rate / base:.2f}; CPU per event: passthrough {base_cpu:.1f} us, flow {flow_cpu:.1f} us "
+            f"(whole process incl. start-up)",
+            flush=True,
+        )
+    ratio, base, flow_rate, base_cpu, flow_cpu, with_startup, n = sorted(rounds)[len(rounds) // 2]
     lines = [
         f"events: {report.events:,} telemetry, {args.vehicles:,} vehicles; enriched out: {n:,}",
-        f"passthrough baseline (consume -> produce): {base:,.0f} events/s",
-        f"enrichment flow, rules on, 1 process: {flow_rate:,.0f} events/s (wall incl. start-up "
-        f"{report.events / wall:,.0f}/s); ratio to passthrough {flow_rate / base:.2f}",
+        f"median of {len(rounds)} interleaved rounds: passthrough (consume -> produce) {base:,.0f} events/s; "
+        f"enrichment flow, rules on, 1 process: {flow_rate:,.0f} events/s "
+        f"(incl. start-up {with_startup:,.0f}/s); "
+        f"ratio {ratio:.2f} (rounds: {', '.join(f'{r[0]:.2f}' for r in rounds)})",
+        f"CPU per event, same round: passthrough {base_cpu:.1f} us, enrichment flow {flow_cpu:.1f} us",
     ]
     print("\n".join(lines), flush=True)
     if "cluster" not in skip:

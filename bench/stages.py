@@ -1,4 +1,5 @@
-"""The enrichment flow's stage budget: microseconds per event of each stage, measured in one process.
+"""The enrichment flow's stage budget: CPU microseconds per event of each stage, measured in one process
+(CPU time, not wall time, so other work on a shared machine does not inflate it).
 
     python -m bench.stages [--vehicles 10000 --events 200000]     (or from bench.enrich_flow)
 
@@ -63,12 +64,12 @@ def read_records(s: Settings) -> tuple[list[Record], float]:
                 eof += err.code() == KafkaError._PARTITION_EOF
                 continue
             if start is None:
-                start = time.perf_counter()
+                start = time.process_time()
             ts = m.timestamp()
             topic, part, off = m.topic(), m.partition(), m.offset()
             assert topic is not None and part is not None and off is not None
             out.append(Record(topic, part, off, m.key(), m.value(), ts[1] if ts[0] else None))
-    took = time.perf_counter() - (start or time.perf_counter())
+    took = time.process_time() - (start or time.process_time())
     c.close()
     return out, took
 
@@ -84,9 +85,9 @@ def _batches(records: list[Record]) -> list[list[Record]]:
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-    start = time.perf_counter()
+    start = time.process_time()
     result = fn()
-    return time.perf_counter() - start, result
+    return time.process_time() - start, result
 
 
 def budget(s: Settings, records: list[Record] | None = None) -> dict[str, float]:
@@ -122,12 +123,12 @@ def budget(s: Settings, records: list[Record] | None = None) -> dict[str, float]
     def fold(engine: RuleEngine) -> tuple[float, list[dict[int, bytes]], float]:
         cores = [StateCore(engine, lookup) for _ in range(BUCKETS)]
         prepared = inputs()
-        start = time.perf_counter()
+        start = time.process_time()
         written = []
         for items in prepared:
             for b, inp in items:
                 written.append(cores[b].process(inp, now).states)
-        return time.perf_counter() - start, written, sum(c.encode_s for c in cores)
+        return time.process_time() - start, written, sum(c.encode_s for c in cores)
 
     fold_s, states, encode_doc_s = fold(RuleEngine([]))
     rules_s, _, _ = fold(RuleEngine(load_rules(None)))
