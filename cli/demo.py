@@ -19,6 +19,7 @@ from rich.table import Table
 from cli.demo_alerts import LocalReceivers, show_deliveries, start_alerts_worker
 from cli.demo_api import show_api, start_api
 from cli.demo_flatten import run_flatten_demo
+from enrich.pipeline.state import public_document
 from enrich.settings import Settings
 from simulator.run import SimConfig, Simulation
 from simulator.scenarios import SCENARIOS
@@ -105,7 +106,7 @@ def _show_states(settings: Settings, console: Console, truth: dict[str, Any]) ->
     for raw in client.mget(keys):
         if raw is None:
             continue
-        st = orjson.loads(raw)
+        st = public_document(orjson.loads(raw))
         sig = {k: v["value"] for k, v in st["signals"].items()}
         car = st["car"] or {}
         res = st["reservation"] or {}
@@ -124,7 +125,8 @@ def _show_states(settings: Settings, console: Console, truth: dict[str, Any]) ->
     console.print(table)
     if incident_cars:
         key = f"{settings.state_prefix}car:{incident_cars[0]}"
-        console.print(f"  read one yourself: redis-cli GET {key}", emoji=False, markup=False, highlight=False)
+        console.print(f"  read one yourself: redis-cli GET {key}  (the stored record: values and stamps)",
+                      emoji=False, markup=False, highlight=False)  # fmt: skip
 
 
 RULE_OF = {

@@ -34,6 +34,9 @@ def run(flow: Dataflow, opts: RunOptions) -> None:
     # The flows hold many small long-lived dicts (caches, vehicle states); CPython's default GC thresholds
     # would rescan them thousands of times a second. Collect young objects far less often instead.
     gc.set_threshold(200_000, 50, 1000)
+    # Everything alive now (modules, bytewax, pyarrow, the dataflow) lives as long as the process: keep it
+    # out of every collection (measured: ~15% of the flow's CPU went to rescanning it).
+    gc.freeze()
     recovery = None
     if opts.recovery_dir is not None:
         processes = len(opts.addresses) if opts.addresses else 1

@@ -63,24 +63,28 @@ class CarState(VehicleFacts):
     version: int = 0
     dirty: bool = False  # the document changed since it was last written
 
-    def document(self) -> dict[str, Any]:
-        stamps = self.stamps
-        signals = {}
-        for path, value in self.values.items():
-            st = stamps[path]
-            signals[path] = {"value": value, "ts": st[0], "seq": st[1], "device_id": st[2]}
+    def record(self) -> dict[str, Any]:
+        """The stored state record: ``schemas/vehicle-state.v1`` with the signals kept as two flat maps —
+        ``values`` (path → value) and ``stamps`` (path → [event time, sequence, device]) — because it is
+        written once per changed car per batch: encoding the car's own dicts costs a third of building the
+        per-signal objects. Readers turn it into the document with ``public_document``."""
         lat, lon = self.values.get(LAT), self.values.get(LON)
         return {
             "car_id": self.car_id,
             "last_seen": self.last_seen,
             "location": {"lat": lat, "lon": lon} if lat is not None and lon is not None else None,
-            "signals": signals,
+            "values": self.values,
+            "stamps": self.stamps,
             "car": self.car,
             "reservation": self.reservation,
             "devices": sorted(self.device_seen),
             "updated_at": self.updated_at,
             "version": self.version,
         }
+
+    def document(self) -> dict[str, Any]:
+        """``schemas/vehicle-state.v1``."""
+        return public_document(self.record())
 
     def freeze(self) -> tuple[Any, ...]:
         """Everything but the document, as plain values (the recovery snapshot)."""
@@ -91,11 +95,17 @@ class CarState(VehicleFacts):
 
     @classmethod
     def thaw(cls, doc: dict[str, Any], frozen: tuple[Any, ...]) -> CarState:
-        signals = doc["signals"]
+        """From a stored record (or a vehicle-state.v1 document) and the frozen facts."""
+        if "values" in doc:
+            values, stamps = doc["values"], {p: tuple(st) for p, st in doc["stamps"].items()}
+        else:
+            signals = doc["signals"]
+            values = {p: s["value"] for p, s in signals.items()}
+            stamps = {p: (s["ts"], s["seq"], s["device_id"]) for p, s in signals.items()}
         sp, sl, eng, dev, newest, seen, parts, alerts, evaluated, deadline, held, multi = frozen
         return cls(
             car_id=doc["car_id"],
-            values={p: s["value"] for p, s in signals.items()},
+            values=values,
             last_seen=doc["last_seen"],
             device_seen=dict(seen),
             car=doc["car"],
@@ -105,7 +115,7 @@ class CarState(VehicleFacts):
             engine_on_at=eng,
             device_id=dev,
             newest=newest,
-            stamps={p: (s["ts"], s["seq"], s["device_id"]) for p, s in signals.items()},
+            stamps=stamps,
             partitions=dict(parts),
             alerts={k: AlertState(*a) for k, a in alerts.items()},
             evaluated_at=evaluated,
@@ -115,6 +125,37 @@ class CarState(VehicleFacts):
             updated_at=doc["updated_at"],
             version=doc["version"],
         )
+
+
+def public_document(record: dict[str, Any]) -> dict[str, Any]:
+    """A stored state record (``CarState.record``) as ``schemas/vehicle-state.v1``: each signal with the
+    event time, sequence and device of the event it came from. A document already in that form is
+    returned as it is."""
+    if "values" not in record:
+        return record
+    stamps = record["stamps"]
+    signals = {}
+    for path, value in record["values"].items():
+        st = stamps[path]
+        signals[path] = {"value": value, "ts": st[0], "seq": st[1], "device_id": st[2]}
+    return {
+        "car_id": record["car_id"],
+        "last_seen": record["last_seen"],
+        "location": record["location"],
+        "signals": signals,
+        "car": record["car"],
+        "reservation": record["reservation"],
+        "devices": record["devices"],
+        "updated_at": record["updated_at"],
+        "version": record["version"],
+    }
+
+
+def public_bytes(raw: bytes) -> bytes:
+    """``public_document`` on JSON bytes (returned unchanged when already public)."""
+    if b'"values":' not in raw:
+        return raw
+    return orjson.dumps(public_document(orjson.loads(raw)))
 
 
 @dataclass(slots=True)
@@ -129,8 +170,10 @@ class BucketInput:
 
 @dataclass(slots=True)
 class StateOut:
-    states: dict[int, bytes] = field(default_factory=dict)  # car -> vehicle-state JSON
-    docs: dict[int, dict[str, Any]] = field(default_factory=dict)  # car -> that document (never mutated)
+    states: dict[int, bytes] = field(default_factory=dict)  # car -> stored state record JSON
+    docs: dict[int, dict[str, Any]] = field(
+        default_factory=dict
+    )  # car -> car row, last_seen, location, version
     outliers: list[tuple[int, bytes]] = field(default_factory=list)  # (car, outlier JSON)
 
     def __bool__(self) -> bool:
@@ -167,7 +210,7 @@ class StateCore:
         self.timers = Timers()
         snap = resume or StateSnapshot({}, {}, set(), None)
         self.frozen = dict(snap.cars)  # the recovery snapshot: per car (document, frozen facts)
-        self._docs: dict[int, bytes] = {}  # the last document written per car
+        self._docs: dict[int, bytes] = {}  # the last state record written per car
         self._unsnapped: set[int] = set()  # cars touched since the last snapshot
         self.encode_s = 0.0  # CPU seconds spent encoding state documents (for the stage budget)
         self.watermark = Watermark(dict(snap.progress), set(snap.idle), snap.watermark)
@@ -199,7 +242,7 @@ class StateCore:
             body = docs.get(car_id)
             if body is None:
                 known = frozen.get(car_id)
-                body = known[0] if known is not None else orjson.dumps(cs.document())
+                body = known[0] if known is not None else orjson.dumps(cs.record())
             frozen[car_id] = (body, cs.freeze())
         self._unsnapped.clear()
         return StateSnapshot(
@@ -446,10 +489,11 @@ class StateCore:
                 cs.dirty = False
                 cs.version += 1
                 cs.updated_at = wall_ms
-                doc = cs.document()
-                body = orjson.dumps(doc)
+                rec = cs.record()
+                body = orjson.dumps(rec)
                 out.states[car_id] = body
-                out.docs[car_id] = doc
+                # what the vehicle store's indexes read (the record's maps go on changing with the car)
+                out.docs[car_id] = {k: rec[k] for k in ("car", "last_seen", "location", "version")}
                 docs[car_id] = body
         self._unsnapped |= touched
         self.encode_s += time.thread_time() - start
@@ -499,4 +543,4 @@ def fold_documents(
         for car, evs in events.items()
     }
     out = core.process(BucketInput(cars, "", 0), now_ms)
-    return {car: orjson.loads(body) for car, body in out.states.items()}
+    return {car: public_document(orjson.loads(body)) for car, body in out.states.items()}

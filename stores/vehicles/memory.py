@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from enrich.pipeline.state import public_bytes
 from stores.vehicles.model import (
     TAG_COLUMNS,
     Change,
@@ -51,7 +52,7 @@ class MemoryVehicleStore:
         summary: list[tuple[int, int, str]] = []
         for car, w in states.items():
             doc = orjson.loads(w.body)  # the twin keeps whole documents (w.doc may be partial)
-            self.bodies[car], self.parsed[car] = w.body, doc
+            self.bodies[car], self.parsed[car] = public_bytes(w.body), doc  # served as vehicle-state.v1
             tags = tags_of(doc.get("car"), self.tag_columns)
             cid = class_id(tags)
             self._classes.setdefault(cid, tags)

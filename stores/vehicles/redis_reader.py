@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from enrich.pipeline.state import public_bytes, public_document
 from stores.vehicles.layout import Keys
 from stores.vehicles.model import (
     TAG_COLUMNS,
@@ -94,14 +95,14 @@ class RedisVehicleReader:
                                   args=[self.keys.incident("")])  # fmt: skip
         if not out:
             return None
-        return out[0], list(out[1:])
+        return public_bytes(out[0]), list(out[1:])
 
     async def docs(self, car_ids: list[int]) -> dict[int, bytes]:
         """State documents of these cars (one MGET); missing ones are left out."""
         if not car_ids:
             return {}
         raws = await self.client.mget([self.keys.car(c) for c in car_ids])
-        return {c: r for c, r in zip(car_ids, raws, strict=True) if r is not None}
+        return {c: public_bytes(r) for c, r in zip(car_ids, raws, strict=True) if r is not None}
 
     async def classes(self) -> dict[str, Tags]:
         """Every tag class seen (id → tags). Classes are only ever added, so the cache is refreshed when
@@ -258,7 +259,7 @@ class RedisVehicleReader:
                 continue
             if not q.matches_doc(doc, active=bool(q.has_active_incident)):
                 continue
-            items.append(raw)
+            items.append(orjson.dumps(public_document(doc)) if "values" in doc else raw)
         return Page(items, nxt, scanned)
 
     # -- incidents -------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from confluent_kafka import Message
 
 from alerts.signing import new_secret
 from connectors.kafka_writer import KafkaWriter
+from enrich.pipeline.state import public_document
 from enrich.settings import Settings
 from enrich.telemetry import decode_telemetry
 from simulator.model import car_values, encode_signals
@@ -167,7 +168,9 @@ def states(s: Settings) -> dict[int, dict[str, Any]]:
     keys = list(client.scan_iter(match=f"{s.state_prefix}car:*", count=1000))
     values: list[Any] = client.mget(keys) if keys else []
     return {
-        int(k.decode().rsplit(":", 1)[1]): orjson.loads(v) for k, v in zip(keys, values, strict=True) if v
+        int(k.decode().rsplit(":", 1)[1]): public_document(orjson.loads(v))
+        for k, v in zip(keys, values, strict=True)
+        if v
     }
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import redis
 
+from enrich.pipeline.state import public_document
 from enrich.settings import Settings
 from tests.integration.flow_proc import start_flow
 
@@ -46,4 +47,7 @@ def vehicle_states(settings: Settings) -> dict[int, dict[str, Any]]:
     client = redis.Redis.from_url(settings.redis_url)
     keys = list(client.scan_iter(match=f"{settings.state_prefix}car:*", count=1000))
     values: list[Any] = client.mget(keys) if keys else []
-    return {int(k.decode().rsplit(":", 1)[1]): orjson.loads(v) for k, v in zip(keys, values, strict=True)}
+    return {
+        int(k.decode().rsplit(":", 1)[1]): public_document(orjson.loads(v))
+        for k, v in zip(keys, values, strict=True)
+    }

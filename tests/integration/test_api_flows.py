@@ -83,7 +83,7 @@ def test_api_on_state_written_by_the_flows(pipeline_settings: Settings, tmp_path
     cfg = SimConfig(
         vehicles=120,
         rate=2500,
-        duration=8,
+        duration=15,  # long enough for several list passes while the flows write, on a loaded machine
         scenarios=["headlights-left-on"],
         incidents_per_scenario=2,
         cdc_rate=4,

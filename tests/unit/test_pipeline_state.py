@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from enrich.pipeline.join import CarEvents
-from enrich.pipeline.state import BucketInput, StateCore, StateOut
+from enrich.pipeline.state import BucketInput, StateCore, StateOut, public_bytes
 from enrich.pipeline.timers import Timers
 from enrich.pipeline.watermark import Watermark
 from enrich.rules.engine import RuleEngine
@@ -229,7 +229,7 @@ def test_out_of_order_events_never_regress_state_or_rules() -> None:
     core = StateCore(engine("headlights-left-on"), Devices(d1=1))
     feed(core, "p0", [(1, Telemetry("d1", T0 + 10_000, 5, parked(False)))])
     late = feed(core, "p0", [(1, Telemetry("d1", T0, 1, parked(True, **{"Vehicle.Speed": 3.0})))])
-    doc = orjson.loads(late.states[1])
+    doc = orjson.loads(public_bytes(late.states[1]))
     assert doc["signals"][LIGHTS]["value"] is False  # the newer value stays
     assert doc["signals"]["Vehicle.Speed"]["value"] == 3.0  # a signal only the late event carried
     assert core.cars[1].alerts == {}  # rules never saw the lights "on"
@@ -250,7 +250,7 @@ def test_a_recovery_snapshot_resumes_exactly() -> None:
             out = feed(core, part, [(car, tel)])
             got += outliers(out)
             for c, body in out.states.items():
-                doc = orjson.loads(body)
+                doc = orjson.loads(public_bytes(body))
                 states[c] = {k: v for k, v in doc.items() if k != "updated_at"}
         return got, states
 
@@ -288,7 +288,7 @@ def test_the_end_of_a_bounded_input_releases_what_waits_for_other_partitions() -
     held = feed(core, "p0", [(1, Telemetry("t1", T0 + i * 10_000, i, parked(True))) for i in range(1, 10)])
     assert held.states == {} and core.cars[1].held  # p1 has not got past them yet
     end = core.finish(0)
-    assert orjson.loads(end.states[1])["signals"][LIGHTS]["ts"] == T0 + 90_000
+    assert orjson.loads(public_bytes(end.states[1]))["signals"][LIGHTS]["ts"] == T0 + 90_000
     assert outliers(end) == [("headlights-left-on", "firing", T0 + 10_000, None)]
 
 
@@ -297,6 +297,6 @@ def test_the_end_of_what_kafka_holds_folds_held_events_without_firing_deadlines(
     feed(core, "p1", [(1, Telemetry("b1", T0, 1, {"Vehicle.Speed": 0.0}))])
     feed(core, "p0", [(1, Telemetry("t1", T0 + i * 10_000, i, parked(True))) for i in range(1, 10)])
     end = core.drain(0)
-    assert orjson.loads(end.states[1])["signals"][LIGHTS]["ts"] == T0 + 90_000
+    assert orjson.loads(public_bytes(end.states[1]))["signals"][LIGHTS]["ts"] == T0 + 90_000
     assert outliers(end) == [("headlights-left-on", "firing", T0 + 10_000, None)]  # at an event, not a timer
     assert not core.cars[1].held and not core.watermark.idle

@@ -11,7 +11,7 @@ from enrich.errors import DecodeError
 from enrich.pipeline.encode import enriched_event, join_status
 from enrich.pipeline.join import CarEvents
 from enrich.pipeline.roles import DEFAULT_ROLES as ROLES
-from enrich.pipeline.state import BucketInput, StateCore, fold_documents
+from enrich.pipeline.state import BucketInput, StateCore, fold_documents, public_bytes
 from enrich.records import Record
 from enrich.rules.engine import RuleEngine
 from enrich.snapshot import Merged
@@ -90,7 +90,7 @@ def test_state_merge_keeps_the_newest_value_per_signal_in_any_order() -> None:
         doc: dict[str, object] = {}
         for e in order:  # one batch per event: the worst case for ordering
             out = core.process(BucketInput({7: CarEvents([e], None, None, e.ts)}, "", 0), 1)  # type: ignore[list-item, attr-defined]
-            doc = orjson.loads(out.states[7])
+            doc = orjson.loads(public_bytes(out.states[7]))
         return doc
 
     forward, backward = fold_one_by_one(events), fold_one_by_one(list(reversed(events)))
