@@ -76,6 +76,11 @@ class Intervals:
         self.ends.insert(i, hi)
 
     def add_all(self, xs: Sequence[int]) -> None:
+        if xs:
+            lo, hi = min(xs), max(xs)
+            if hi - lo + 1 == len(xs):  # offsets of a partition are unique: one run, no sort needed
+                self.add(lo, hi)
+                return
         run_start = prev = None
         for x in sorted(xs):
             if prev is not None and x == prev + 1:
@@ -197,7 +202,7 @@ class HistoryWriter:
                     pa.array(cars, pa.int64()),
                     times,
                     pa.array(statuses, pa.string()),
-                    pa.array(bodies, pa.binary()).cast(pa.string()),
+                    pa.array(bodies, pa.binary()).view(pa.string()),  # orjson output: valid UTF-8
                 ],
                 schema=ENRICHED_SCHEMA,
             )
