@@ -27,7 +27,7 @@ from bytewax.operators import StatefulLogic
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from connectors.kafka_writer import KafkaWriter
-from enrich.pipeline.join import JoinBatch, JoinConfig, JoinCore, JoinState, Lookup
+from enrich.pipeline.join import CarEvents, JoinBatch, JoinConfig, JoinCore, JoinState, Lookup
 from enrich.pipeline.state import BucketInput, StateCore, StateOut, StateSnapshot
 from enrich.records import PartitionBatch
 from enrich.rules.engine import RuleEngine
@@ -121,25 +121,37 @@ class JoinLogic(StatefulLogic[PartitionBatch, JoinBatch, JoinState]):
         return self.core.state
 
 
-def by_bucket(out: JoinBatch) -> list[tuple[str, BucketInput]]:
-    """Split a join batch into one input per car bucket; every bucket hears the partition's report."""
-    if out.partition < 0:
-        return []
-    idle, progress = out.idle, out.progress
-    buckets: dict[int, dict[int, object]] = {}
-    for car, ce in out.cars.items():
-        b = car % STATE_BUCKETS
-        d = buckets.get(b)
-        if d is None:
-            d = buckets[b] = {}
-        d[car] = ce
-    part = out.part_key
-    if not progress and not idle:
-        return [(str(b), BucketInput(cars, part, 0)) for b, cars in buckets.items()]  # type: ignore[arg-type]
-    return [
-        (str(b), BucketInput(buckets.get(b, {}), part, progress, idle))  # type: ignore[arg-type]
-        for b in range(STATE_BUCKETS)
-    ]
+class ToBuckets:
+    """Split a join batch into one input per car bucket. Every bucket must hear each partition's progress
+    (its watermark depends on it), but a bucket with no car in the batch hears it at most every
+    ``quiet_ms`` of processing time (and always when the partition goes idle): at small, frequent batches
+    the progress-only items would otherwise dominate the cost. The progress values themselves are data,
+    so this changes only when a deadline is evaluated, never what it says."""
+
+    def __init__(self, buckets: int = STATE_BUCKETS, quiet_ms: float = 20.0) -> None:
+        self.buckets = buckets
+        self.quiet_s = quiet_ms / 1000
+        self._told: dict[str, float] = {}  # partition -> when every bucket last heard its progress
+
+    def __call__(self, out: JoinBatch) -> list[tuple[str, BucketInput]]:
+        if out.partition < 0:
+            return []
+        idle, progress = out.idle, out.progress
+        n = self.buckets
+        buckets: dict[int, dict[int, CarEvents]] = {}
+        for car, ce in out.cars.items():
+            b = car % n
+            d = buckets.get(b)
+            if d is None:
+                d = buckets[b] = {}
+            d[car] = ce
+        part = out.part_key
+        if progress or idle:
+            now = time.monotonic()
+            if idle or now - self._told.get(part, 0.0) >= self.quiet_s:
+                self._told[part] = now
+                return [(str(b), BucketInput(buckets.get(b, {}), part, progress, idle)) for b in range(n)]
+        return [(str(b), BucketInput(cars, part, progress)) for b, cars in buckets.items()]
 
 
 class BucketLogic(StatefulLogic[BucketInput, StateOut, StateSnapshot]):
@@ -245,10 +257,10 @@ def build_flow(settings: Settings, *, tail: bool = True, res: Resources | None =
     joined = op.stateful("join", keyed, lambda resume: JoinLogic(res, resume))
     op.output("enriched_out", joined, OutSink(settings))
     outs = op.map("drop_key", joined, lambda kv: kv[1])
-    updates = op.flat_map("to_buckets", outs, by_bucket)
+    updates = op.flat_map("to_buckets", outs, ToBuckets())
     states = op.stateful("latest", updates, lambda resume: BucketLogic(res, resume))
     op.output("state_out", states, StateSink(settings))
     return flow
 
 
-__all__ = ["BucketLogic", "JoinLogic", "Resources", "build_flow", "by_bucket", "resources"]
+__all__ = ["BucketLogic", "JoinLogic", "Resources", "ToBuckets", "build_flow", "resources"]
