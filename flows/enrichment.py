@@ -63,7 +63,7 @@ def resources(settings: Settings) -> Resources:
         load_tables(settings.tables_file),
         prefix=settings.snapshot_prefix,
     )
-    cache = CachedSnapshot(store)
+    cache = CachedSnapshot(store, feed_interval_s=0.02)
 
     def lookup(device_ids: Collection[str]) -> Mapping[str, Merged | None]:
         return cache.lookup(device_ids)

@@ -35,7 +35,7 @@ from enrich.settings import get_settings
 from flows import metrics
 
 log = logging.getLogger(__name__)
-IDLE_BACKOFF = timedelta(milliseconds=10)
+IDLE_BACKOFF = timedelta(milliseconds=2)  # nothing to read: look again shortly (latency ≤ this)
 ERROR_LOG_EVERY_S = 15.0
 START_BACKOFF_MAX_S = 30.0
 
@@ -67,7 +67,7 @@ class _BatchPartition(StatefulSourcePartition[Any, int]):
         offset: int,
         batch_size: int,
         tail: bool,
-        linger_s: float = 0.005,
+        linger_s: float = 0.002,
         idle_after_s: float | None = None,
     ) -> None:
         self._health = monitor("kafka")
