@@ -6,12 +6,20 @@ is a schema error, never a new signal ``Vehicle.Speed.value``. Errors name the f
 (``signals.Vehicle.Speed``). Messages larger than ``max_bytes`` are refused before they are parsed.
 
 This is the hottest function of the engine (once per event): known signals are looked up in one dict of
-kinds, and values that already have their type cost one type check.
+kinds, and values that already have their type cost one type check. When the native decoder
+(``native/``, module ``enrich_native``) is installed and ``ENRICH_NATIVE`` is not ``0``,
+``decode_telemetry`` uses it: same results and errors (``tests/unit/test_native_telemetry.py``), several
+times faster, and it hands over the signals' JSON (``Telemetry.signals_json``) so the enriched event splices
+it instead of encoding the signals again. ``decode_telemetry_py`` is the reference implementation;
+``IMPLEMENTATION`` says which one is active.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+import importlib
+import os
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
 
 import orjson
 
@@ -54,6 +62,9 @@ _KIND: dict[str, int] = {
 }
 _TYPE: dict[str, type] = {path: (float, bool, str)[kind] for path, kind in _KIND.items()}
 DEFAULT_MAX_BYTES = 1 << 20
+MAX_NESTING = (
+    32  # levels of a nested signal tree (VSS needs about 8); keeps recursion far from Python's limit
+)
 
 Scalar = float | int | bool | str | None
 
@@ -65,20 +76,23 @@ class Telemetry(NamedTuple):
     ts: int
     seq: int
     signals: dict[str, Scalar]  # flat VSS path -> coerced value
+    signals_json: bytes | None = None  # orjson.dumps(signals), when the decoder made it (the native one does)
 
 
 def _schema_error(message: str, path: str) -> DecodeError:
     return DecodeError(message, reason="schema_error", field_path=path)
 
 
-def _flatten(node: dict[str, Any], prefix: str, out: dict[str, Any]) -> None:
-    """``prefix`` ends with a dot; known signals are leaves."""
+def _flatten(node: dict[str, Any], prefix: str, out: dict[str, Any], depth: int) -> None:
+    """``prefix`` ends with a dot and holds ``depth`` segments; known signals are leaves."""
     for key, value in node.items():
         if type(value) is dict:
             path = prefix + key
             if path in _KIND:
                 raise _schema_error("a known signal must be a scalar, got an object", f"signals.{path}")
-            _flatten(value, path + ".", out)
+            if depth >= MAX_NESTING:
+                raise _schema_error(f"signals nest deeper than {MAX_NESTING} levels", f"signals.{path}")
+            _flatten(value, path + ".", out, depth + 1)
         else:
             out[prefix + key] = value
 
@@ -112,12 +126,22 @@ def _coerce(path: str, kind: int | None, value: Any) -> Scalar:
 
 
 def _short(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except RecursionError:  # a list nested ~1000 deep (orjson allows 1024 levels)
+        return f"a deeply nested {type(value).__name__}"
     return text if len(text) <= 60 else text[:57] + "..."
 
 
 def decode_telemetry(value: bytes | None, max_bytes: int = DEFAULT_MAX_BYTES) -> Telemetry:
     """Bytes of one telemetry message → ``Telemetry``; raises ``DecodeError`` naming the field."""
+    if _native is not None:
+        return _native(value, max_bytes)
+    return decode_telemetry_py(value, max_bytes)
+
+
+def decode_telemetry_py(value: bytes | None, max_bytes: int = DEFAULT_MAX_BYTES) -> Telemetry:
+    """The reference decoder, in Python (what the native one must match)."""
     if value is None:
         raise DecodeError("null message", reason="decode_error")
     if len(value) > max_bytes:
@@ -148,7 +172,7 @@ def decode_telemetry(value: bytes | None, max_bytes: int = DEFAULT_MAX_BYTES) ->
             if type(item) is dict:
                 if key != "Vehicle":
                     raise _schema_error("nested signals start at Vehicle", f"signals.{key}")
-                _flatten(item, "Vehicle.", flat)
+                _flatten(item, "Vehicle.", flat, 1)
             else:
                 flat[key] = item
     else:
@@ -175,3 +199,29 @@ def decode_telemetry(value: bytes | None, max_bytes: int = DEFAULT_MAX_BYTES) ->
             continue
         flat[path] = _coerce(path, kind, v)
     return Telemetry(device, ts, seq, flat)
+
+
+def _load_native() -> Callable[[bytes | None, int], Telemetry] | None:
+    """The native decoder's ``decode`` bound to this module's schema, or None (not built, or disabled)."""
+    if os.environ.get("ENRICH_NATIVE", "1") == "0":
+        return None
+    try:
+        module = importlib.import_module("enrich_native")
+    except ImportError:
+        return None
+    decoder = module.Decoder(
+        _KIND,
+        telemetry=Telemetry,
+        error=DecodeError,
+        short=_short,
+        fallback=decode_telemetry_py,
+        true_words=_TRUE,
+        false_words=_FALSE,
+        max_nesting=MAX_NESTING,
+    )
+    decode: Callable[[bytes | None, int], Telemetry] = decoder.decode
+    return decode
+
+
+_native = _load_native()
+IMPLEMENTATION: Literal["native", "python"] = "python" if _native is None else "native"
