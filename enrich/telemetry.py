@@ -201,9 +201,10 @@ def decode_telemetry_py(value: bytes | None, max_bytes: int = DEFAULT_MAX_BYTES)
     return Telemetry(device, ts, seq, flat)
 
 
-def _load_native() -> Callable[[bytes | None, int], Telemetry] | None:
-    """The native decoder's ``decode`` bound to this module's schema, or None (not built, or disabled)."""
-    if os.environ.get("ENRICH_NATIVE", "1") == "0":
+def load_native(*, honour_env: bool = True) -> Callable[[bytes | None, int], Telemetry] | None:
+    """The native decoder's ``decode`` bound to this module's schema, or None: not installed, or turned
+    off with ``ENRICH_NATIVE=0`` (unless ``honour_env`` is false, as the equivalence tests ask)."""
+    if honour_env and os.environ.get("ENRICH_NATIVE", "1") == "0":
         return None
     try:
         module = importlib.import_module("enrich_native")
@@ -223,5 +224,5 @@ def _load_native() -> Callable[[bytes | None, int], Telemetry] | None:
     return decode
 
 
-_native = _load_native()
+_native = load_native()
 IMPLEMENTATION: Literal["native", "python"] = "python" if _native is None else "native"

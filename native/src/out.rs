@@ -76,7 +76,8 @@ pub fn write_str(out: &mut Vec<u8>, s: &str) {
 /// `inf`/`nan`, non-ASCII digits or spaces, or not a number at all), so the result always equals Python's.
 pub fn simple_float(text: &str) -> Option<(f64, Option<&str>)> {
     let b = text.as_bytes();
-    let is_space = |c: u8| c == b' ' || (0x09..=0x0d).contains(&c) || (0x1c..=0x1f).contains(&c);
+    // Only the spaces float() surely strips; any other byte sends the text to Python.
+    let is_space = |c: u8| c == b' ' || c == b'\t' || c == b'\n' || c == b'\r';
     let mut lo = 0;
     let mut hi = b.len();
     while lo < hi && is_space(b[lo]) {
