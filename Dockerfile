@@ -2,6 +2,17 @@
 #   docker build -t fleet-enrich .
 #   docker run --rm fleet-enrich                          # enrich --help
 #   docker run --rm --network host fleet-enrich enrich topics create
+# Stage 1: the native telemetry decoder (native/, Rust) as an abi3 wheel. enrich works without it (Python
+# decoder), but the image ships it: it is the faster path of the enrichment flow.
+FROM rust:1-slim-bookworm AS native
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3 python3-venv \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3 -m venv /opt/maturin \
+    && /opt/maturin/bin/pip install --no-cache-dir maturin==1.16.0
+COPY native/ /native/
+RUN /opt/maturin/bin/maturin build --release --compatibility linux -m /native/Cargo.toml -o /wheels
+
 FROM python:3.12-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -20,8 +31,10 @@ RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml
 
 # The package itself (what is sent is filtered by .dockerignore).
 COPY . .
-RUN pip install --no-cache-dir . \
-    && rm -rf build ./*.egg-info
+COPY --from=native /wheels /tmp/wheels
+RUN pip install --no-cache-dir . /tmp/wheels/enrich_native-*.whl \
+    && python -c "import enrich.telemetry as t; assert t.IMPLEMENTATION == 'native'" \
+    && rm -rf build ./*.egg-info /tmp/wheels
 
 # Run as an unprivileged user. /var/lib/enrich is created here and owned by that user so that a named volume
 # mounted there (bytewax recovery store of the flows, ENRICH_STATE_DIR) starts out writable by it.

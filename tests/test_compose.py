@@ -454,10 +454,16 @@ def _instructions() -> list[tuple[str, str]]:
 
 
 def test_dockerfile_builds_a_non_root_enrich_image() -> None:
-    instructions = _instructions()
-    assert instructions[0] == ("FROM", "python:3.12-slim")
+    stages = [args.split(" AS ")[0] for keyword, args in _instructions() if keyword == "FROM"]
+    assert stages[-1] == "python:3.12-slim", "the image is the last stage"
+    final = _instructions()
+    final = final[max(i for i, (keyword, _) in enumerate(final) if keyword == "FROM") :]
+    instructions = final
     runs = " ".join(args for keyword, args in instructions if keyword == "RUN")
     assert "pip install --no-cache-dir ." in runs
+    # The native telemetry decoder: built in a stage of its own and installed into the image.
+    assert any(k == "RUN" and "maturin build" in a and "native/Cargo.toml" in a for k, a in _instructions())
+    assert ("COPY", "--from=native /wheels /tmp/wheels") in instructions and "enrich_native-" in runs
     assert f"chown enrich:enrich {STATE_DIR}" in runs, "the flows' state volume must be writable"
 
     users = [args for keyword, args in instructions if keyword == "USER"]

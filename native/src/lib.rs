@@ -89,7 +89,9 @@ impl Decoder {
             let path: String = k.extract()?;
             let kind: u8 = v.extract()?;
             if kind > STRING || !path.starts_with(PREFIX) {
-                return Err(PyValueError::new_err(format!("bad known signal {path:?} of kind {kind}")));
+                return Err(PyValueError::new_err(format!(
+                    "bad known signal {path:?} of kind {kind}"
+                )));
             }
             let mut json_key = Vec::new();
             write_str(&mut json_key, &path);
@@ -102,7 +104,10 @@ impl Decoder {
                 json_key: json_key.into_boxed_slice(),
             });
         }
-        let bits = (known.len() * 4).next_power_of_two().trailing_zeros().max(4);
+        let bits = (known.len() * 4)
+            .next_power_of_two()
+            .trailing_zeros()
+            .max(4);
         let mut slots = vec![0u32; 1 << bits];
         let shift = 64 - bits;
         for (i, k) in known.iter().enumerate() {
@@ -110,20 +115,26 @@ impl Decoder {
             while slots[s] != 0 {
                 s = (s + 1) & (slots.len() - 1);
             }
-            slots[s] = u32::try_from(i + 1).map_err(|_| PyValueError::new_err("too many signals"))?;
+            slots[s] =
+                u32::try_from(i + 1).map_err(|_| PyValueError::new_err("too many signals"))?;
         }
         let words = |set: &Bound<'_, PyAny>| -> Res<Vec<String>> {
             let mut out = Vec::new();
             for w in set.try_iter()? {
                 let w: String = w?.extract()?;
                 if !w.is_ascii() || w != w.to_ascii_lowercase() || w.trim() != w {
-                    return Err(PyValueError::new_err(format!("boolean words are lower-case ASCII: {w:?}")));
+                    return Err(PyValueError::new_err(format!(
+                        "boolean words are lower-case ASCII: {w:?}"
+                    )));
                 }
                 out.push(w);
             }
             Ok(out)
         };
-        let tuple_new = py.get_type::<pyo3::types::PyTuple>().getattr("__new__")?.unbind();
+        let tuple_new = py
+            .get_type::<pyo3::types::PyTuple>()
+            .getattr("__new__")?
+            .unbind();
         Ok(Decoder {
             true_words: words(&true_words)?,
             false_words: words(&false_words)?,
@@ -142,7 +153,12 @@ impl Decoder {
     }
 
     /// One message → `Telemetry`, or `DecodeError`; the steps follow `decode_telemetry_py` in order.
-    fn decode<'py>(&self, py: Python<'py>, value: &Bound<'py, PyAny>, max_bytes: i64) -> Res<Bound<'py, PyAny>> {
+    fn decode<'py>(
+        &self,
+        py: Python<'py>,
+        value: &Bound<'py, PyAny>,
+        max_bytes: i64,
+    ) -> Res<Bound<'py, PyAny>> {
         if value.is_none() {
             return Err(self.err(py, "null message".into(), "decode_error", None));
         }
@@ -151,14 +167,20 @@ impl Decoder {
         };
         let data = bytes.as_bytes();
         if data.len() as i64 > max_bytes {
-            let msg = format!("message of {} bytes exceeds the limit of {max_bytes}", data.len());
+            let msg = format!(
+                "message of {} bytes exceeds the limit of {max_bytes}",
+                data.len()
+            );
             return Err(self.err(py, msg, "too_large", None));
         }
         let doc = match parse(data) {
             Ok(doc) => doc,
             Err(e) => {
                 let (line, col) = line_col(data, e.pos);
-                let msg = format!("not JSON: {}: line {line} column {col} (char {})", e.msg, e.pos);
+                let msg = format!(
+                    "not JSON: {}: line {line} column {col} (char {})",
+                    e.msg, e.pos
+                );
                 return Err(self.err(py, msg, "not_json", None));
             }
         };
@@ -180,7 +202,13 @@ impl Decoder {
         let seq = match doc.get("seq") {
             Some(v @ Val::Int(i)) if *i >= 0 => v,
             Some(v @ Val::UInt(_)) => v,
-            _ => return Err(self.schema(py, "seq must be a non-negative integer".into(), "seq".into())),
+            _ => {
+                return Err(self.schema(
+                    py,
+                    "seq must be a non-negative integer".into(),
+                    "seq".into(),
+                ))
+            }
         };
         let Some(Val::Obj(raw)) = doc.get("signals") else {
             return Err(self.schema(py, "signals must be an object".into(), "signals".into()));
@@ -241,7 +269,9 @@ impl Decoder {
             signals,
             PyBytes::new(py, &json),
         );
-        self.tuple_new.bind(py).call1((self.telemetry.bind(py), fields))
+        self.tuple_new
+            .bind(py)
+            .call1((self.telemetry.bind(py), fields))
     }
 }
 
@@ -288,23 +318,39 @@ impl Decoder {
 
     /// The signals as flat paths in document order (a nested tree only under `Vehicle`, flattened
     /// depth-first; later duplicates overwrite in place), as `decode_telemetry_py` builds `flat`.
-    fn flatten<'v, 'a>(&self, py: Python<'_>, raw: &'v [Entry<'a, Val<'a>>]) -> Res<Vec<Entry<'v, &'v Val<'a>>>> {
+    fn flatten<'v, 'a>(
+        &self,
+        py: Python<'_>,
+        raw: &'v [Entry<'a, Val<'a>>],
+    ) -> Res<Vec<Entry<'v, &'v Val<'a>>>> {
         let mut flat: Vec<Entry<'v, &'v Val<'a>>> = Vec::with_capacity(raw.len().max(16));
         if !raw.iter().any(|m| m.key == "Vehicle") {
-            flat.extend(raw.iter().map(|m| Entry { hash: m.hash, key: Cow::Borrowed(m.key.as_ref()), val: &m.val }));
+            flat.extend(raw.iter().map(|m| Entry {
+                hash: m.hash,
+                key: Cow::Borrowed(m.key.as_ref()),
+                val: &m.val,
+            }));
             return Ok(flat);
         }
         let mut prefix = String::with_capacity(128);
         for m in raw {
             if let Val::Obj(children) = &m.val {
                 if m.key != "Vehicle" {
-                    return Err(self.signal_error(py, "nested signals start at Vehicle".into(), &m.key));
+                    return Err(self.signal_error(
+                        py,
+                        "nested signals start at Vehicle".into(),
+                        &m.key,
+                    ));
                 }
                 prefix.clear();
                 prefix.push_str(PREFIX);
                 self.flatten_into(py, children, &mut prefix, 1, &mut flat)?;
             } else {
-                flat.push(Entry { hash: m.hash, key: Cow::Borrowed(m.key.as_ref()), val: &m.val });
+                flat.push(Entry {
+                    hash: m.hash,
+                    key: Cow::Borrowed(m.key.as_ref()),
+                    val: &m.val,
+                });
             }
         }
         dedup(&mut flat);
@@ -335,7 +381,11 @@ impl Decoder {
                 prefix.push('.');
                 self.flatten_into(py, children, prefix, depth + 1, out)?;
             } else {
-                out.push(Entry { hash: fx_hash(prefix.as_bytes()), key: Cow::Owned(prefix.clone()), val: &m.val });
+                out.push(Entry {
+                    hash: fx_hash(prefix.as_bytes()),
+                    key: Cow::Owned(prefix.clone()),
+                    val: &m.val,
+                });
             }
             prefix.truncate(base);
         }
@@ -343,12 +393,18 @@ impl Decoder {
     }
 
     /// The value a signal keeps (the loop of `decode_telemetry_py` and its `_coerce`).
-    fn coerce<'v, 'a>(&self, py: Python<'v>, path: &str, kind: Option<u8>, v: &'v Val<'a>) -> Res<Out<'v, 'a>> {
+    fn coerce<'v, 'a>(
+        &self,
+        py: Python<'v>,
+        path: &str,
+        kind: Option<u8>,
+        v: &'v Val<'a>,
+    ) -> Res<Out<'v, 'a>> {
         let container = matches!(v, Val::Arr(_) | Val::Obj(_));
         match (kind, v) {
-            (Some(FLOAT), Val::Float(..)) | (Some(BOOL), Val::Bool(_)) | (Some(STRING), Val::Str(_)) => {
-                return Ok(Out::Keep(v))
-            }
+            (Some(FLOAT), Val::Float(..))
+            | (Some(BOOL), Val::Bool(_))
+            | (Some(STRING), Val::Str(_)) => return Ok(Out::Keep(v)),
             (None, _) if !container && path.starts_with(PREFIX) => return Ok(Out::Keep(v)),
             (Some(FLOAT), Val::Str(s)) => {
                 if let Some((f, text)) = py_float(py, s)? {
@@ -363,14 +419,30 @@ impl Decoder {
         match (kind, v) {
             (Some(FLOAT), Val::Int(_) | Val::UInt(_)) => Ok(Out::Keep(v)),
             (Some(FLOAT), Val::Null) => Ok(Out::Null),
-            (Some(FLOAT), _) => Err(self.signal_error(py, format!("expected a number, got {}", self.short(py, v)?), path)),
+            (Some(FLOAT), _) => Err(self.signal_error(
+                py,
+                format!("expected a number, got {}", self.short(py, v)?),
+                path,
+            )),
             (Some(BOOL), Val::Null) => Ok(Out::Null),
-            (Some(BOOL), Val::Str(_) | Val::Int(_) | Val::UInt(_) | Val::Float(..)) => match self.bool_word(py, v)? {
-                Some(b) => Ok(Out::Bool(b)),
-                None => Err(self.signal_error(py, format!("expected a boolean, got {}", self.short(py, v)?), path)),
-            },
-            (Some(BOOL), _) => Err(self.signal_error(py, format!("expected a boolean, got {}", self.short(py, v)?), path)),
-            (_, Val::Arr(_) | Val::Obj(_)) => Err(self.signal_error(py, "signal values must be scalars".into(), path)),
+            (Some(BOOL), Val::Str(_) | Val::Int(_) | Val::UInt(_) | Val::Float(..)) => {
+                match self.bool_word(py, v)? {
+                    Some(b) => Ok(Out::Bool(b)),
+                    None => Err(self.signal_error(
+                        py,
+                        format!("expected a boolean, got {}", self.short(py, v)?),
+                        path,
+                    )),
+                }
+            }
+            (Some(BOOL), _) => Err(self.signal_error(
+                py,
+                format!("expected a boolean, got {}", self.short(py, v)?),
+                path,
+            )),
+            (_, Val::Arr(_) | Val::Obj(_)) => {
+                Err(self.signal_error(py, "signal values must be scalars".into(), path))
+            }
             (Some(STRING), Val::Null) | (None, _) => Ok(Out::Keep(v)),
             (Some(STRING), _) => Ok(Out::Text(to_py(py, v)?.str()?)),
             (Some(_), _) => Ok(Out::Keep(v)),
@@ -384,20 +456,33 @@ impl Decoder {
             Val::Int(i) => i.to_string(),
             Val::UInt(u) => u.to_string(),
             _ => {
-                let norm = to_py(py, v)?.str()?.call_method0("strip")?.call_method0("lower")?;
+                let norm = to_py(py, v)?
+                    .str()?
+                    .call_method0("strip")?
+                    .call_method0("lower")?;
                 if self.true_set.bind(py).contains(&norm)? {
                     return Ok(Some(true));
                 }
-                return Ok(if self.false_set.bind(py).contains(&norm)? { Some(false) } else { None });
+                return Ok(if self.false_set.bind(py).contains(&norm)? {
+                    Some(false)
+                } else {
+                    None
+                });
             }
         };
         let t = text
-            .trim_matches(|c: char| c == ' ' || ('\t'..='\r').contains(&c) || ('\x1c'..='\x1f').contains(&c))
+            .trim_matches(|c: char| {
+                c == ' ' || ('\t'..='\r').contains(&c) || ('\x1c'..='\x1f').contains(&c)
+            })
             .to_ascii_lowercase();
-        if self.true_words.iter().any(|w| *w == t) {
+        if self.true_words.contains(&t) {
             return Ok(Some(true));
         }
-        Ok(if self.false_words.iter().any(|w| *w == t) { Some(false) } else { None })
+        Ok(if self.false_words.contains(&t) {
+            Some(false)
+        } else {
+            None
+        })
     }
 
     fn short(&self, py: Python<'_>, v: &Val<'_>) -> Res<String> {
@@ -435,7 +520,9 @@ fn write_scalar(out: &mut Vec<u8>, v: &Val<'_>) {
         Val::UInt(u) => write_uint(out, *u),
         Val::Float(f, text) => write_float_text(out, *f, *text),
         Val::Str(s) => write_str(out, s),
-        Val::Arr(_) | Val::Obj(_) => unreachable!("containers are rejected before they are written"),
+        Val::Arr(_) | Val::Obj(_) => {
+            unreachable!("containers are rejected before they are written")
+        }
     }
 }
 

@@ -153,54 +153,9 @@ pub fn write_float_text(out: &mut Vec<u8>, f: f64, text: Option<&str>) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn f(v: f64) -> String {
-        let mut o = Vec::new();
-        write_float(&mut o, v);
-        String::from_utf8(o).unwrap()
-    }
-
-    #[test]
-    fn floats_like_orjson() {
-        assert_eq!(f(1e16), "1e+16");
-        assert_eq!(f(1e15), "1000000000000000.0");
-        assert_eq!(f(1e-5), "0.00001");
-        assert_eq!(f(1e-7), "1e-7");
-        assert_eq!(f(-0.0), "-0.0");
-        assert_eq!(f(12.0), "12.0");
-        assert_eq!(f(f64::NAN), "null");
-        assert_eq!(f(1.2345678901234568e17), "1.2345678901234568e+17");
-    }
-
-    #[test]
-    fn strings_like_orjson() {
-        let mut o = Vec::new();
-        write_str(&mut o, "\u{1}\u{1f}\"\\/\u{7f}\u{e9}\u{8}\u{c}\n\r\t");
-        assert_eq!(o, b"\"\\u0001\\u001f\\\"\\\\/\x7f\xc3\xa9\\b\\f\\n\\r\\t\"".to_vec());
-    }
-
-    #[test]
-    fn simple_floats() {
-        assert_eq!(simple_float(" 12.5 "), Some((12.5, Some("12.5"))));
-        assert_eq!(simple_float("1e3"), Some((1000.0, None)));
-        assert_eq!(simple_float(".5"), Some((0.5, None)));
-        assert_eq!(simple_float("5."), Some((5.0, None)));
-        assert_eq!(simple_float("232"), Some((232.0, Some("232"))));
-        assert_eq!(simple_float("0.000001"), Some((0.000001, None)));
-        assert_eq!(simple_float("1_0"), None);
-        assert_eq!(simple_float("nan"), None);
-        assert_eq!(simple_float("."), None);
-        assert_eq!(simple_float("1e"), None);
-        assert_eq!(simple_float(""), None);
-    }
-}
-
 const POW10: [f64; 23] = [
-    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18,
-    1e19, 1e20, 1e21, 1e22,
+    1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+    1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
 ];
 
 /// The double nearest to `[-]int.frac × 10^exp` when it can be had exactly (Clinger's fast path: at most 19
@@ -255,4 +210,52 @@ pub fn canonical(int: &[u8], frac: Option<&[u8]>) -> bool {
         return zeros <= 4 && frac.len() - zeros <= 15;
     }
     int_sig + frac.len() <= 15
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(v: f64) -> String {
+        let mut o = Vec::new();
+        write_float(&mut o, v);
+        String::from_utf8(o).unwrap()
+    }
+
+    #[test]
+    fn floats_like_orjson() {
+        assert_eq!(f(1e16), "1e+16");
+        assert_eq!(f(1e15), "1000000000000000.0");
+        assert_eq!(f(1e-5), "0.00001");
+        assert_eq!(f(1e-7), "1e-7");
+        assert_eq!(f(-0.0), "-0.0");
+        assert_eq!(f(12.0), "12.0");
+        assert_eq!(f(f64::NAN), "null");
+        assert_eq!(f(1.2345678901234568e17), "1.2345678901234568e+17");
+    }
+
+    #[test]
+    fn strings_like_orjson() {
+        let mut o = Vec::new();
+        write_str(&mut o, "\u{1}\u{1f}\"\\/\u{7f}\u{e9}\u{8}\u{c}\n\r\t");
+        assert_eq!(
+            o,
+            b"\"\\u0001\\u001f\\\"\\\\/\x7f\xc3\xa9\\b\\f\\n\\r\\t\"".to_vec()
+        );
+    }
+
+    #[test]
+    fn simple_floats() {
+        assert_eq!(simple_float(" 12.5 "), Some((12.5, Some("12.5"))));
+        assert_eq!(simple_float("1e3"), Some((1000.0, None)));
+        assert_eq!(simple_float(".5"), Some((0.5, None)));
+        assert_eq!(simple_float("5."), Some((5.0, None)));
+        assert_eq!(simple_float("232"), Some((232.0, Some("232"))));
+        assert_eq!(simple_float("0.000001"), Some((0.000001, None)));
+        assert_eq!(simple_float("1_0"), None);
+        assert_eq!(simple_float("nan"), None);
+        assert_eq!(simple_float("."), None);
+        assert_eq!(simple_float("1e"), None);
+        assert_eq!(simple_float(""), None);
+    }
 }

@@ -77,7 +77,12 @@ pub fn fx_hash(bytes: &[u8]) -> u64 {
         let n = rest.len();
         let w = if n >= 4 {
             let lo = u64::from(u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]));
-            let hi = u64::from(u32::from_le_bytes([rest[n - 4], rest[n - 3], rest[n - 2], rest[n - 1]]));
+            let hi = u64::from(u32::from_le_bytes([
+                rest[n - 4],
+                rest[n - 3],
+                rest[n - 2],
+                rest[n - 1],
+            ]));
             lo | (hi << 32)
         } else {
             u64::from(rest[0]) | (u64::from(rest[n / 2]) << 8) | (u64::from(rest[n - 1]) << 16)
@@ -125,7 +130,9 @@ pub fn dedup<V>(entries: &mut Vec<Entry<'_, V>>) {
         let t = target[i];
         if t != i {
             let later = slots[i].take().expect("each entry is moved once");
-            let first = slots[t].as_mut().expect("a first occurrence stays in place");
+            let first = slots[t]
+                .as_mut()
+                .expect("a first occurrence stays in place");
             first.val = later.val;
         }
     }
@@ -134,19 +141,38 @@ pub fn dedup<V>(entries: &mut Vec<Entry<'_, V>>) {
 
 pub fn parse(input: &[u8]) -> Result<Val<'_>, ParseError> {
     if input.is_empty() {
-        return Err(ParseError { msg: "Input is a zero-length, empty document", pos: 0 });
+        return Err(ParseError {
+            msg: "Input is a zero-length, empty document",
+            pos: 0,
+        });
     }
     if input.starts_with(b"\xEF\xBB\xBF") {
-        return Err(ParseError { msg: "UTF-8 byte order mark (BOM) is not supported", pos: 0 });
+        return Err(ParseError {
+            msg: "UTF-8 byte order mark (BOM) is not supported",
+            pos: 0,
+        });
     }
     let text = match std::str::from_utf8(input) {
         Ok(t) => t,
-        Err(e) => return Err(ParseError { msg: "str is not valid UTF-8", pos: e.valid_up_to() }),
+        Err(e) => {
+            return Err(ParseError {
+                msg: "str is not valid UTF-8",
+                pos: e.valid_up_to(),
+            })
+        }
     };
-    let mut p = Parser { s: text.as_bytes(), text, i: 0, depth: 0 };
+    let mut p = Parser {
+        s: text.as_bytes(),
+        text,
+        i: 0,
+        depth: 0,
+    };
     p.ws();
     if p.i >= p.s.len() {
-        return Err(ParseError { msg: "input data is empty", pos: p.i });
+        return Err(ParseError {
+            msg: "input data is empty",
+            pos: p.i,
+        });
     }
     let v = p.value()?;
     p.ws();
@@ -179,7 +205,10 @@ struct Parser<'a> {
 impl<'a> Parser<'a> {
     fn err(&self, msg: &'static str) -> ParseError {
         // orjson reports a character offset; count characters up to the byte offset.
-        let pos = self.text.get(..self.i.min(self.s.len())).map_or(self.i, |t| t.chars().count());
+        let pos = self
+            .text
+            .get(..self.i.min(self.s.len()))
+            .map_or(self.i, |t| t.chars().count());
         ParseError { msg, pos }
     }
 
@@ -290,7 +319,11 @@ impl<'a> Parser<'a> {
             }
             self.ws();
             let val = self.value()?;
-            members.push(Entry { hash: fx_hash(key.as_bytes()), key, val });
+            members.push(Entry {
+                hash: fx_hash(key.as_bytes()),
+                key,
+                val,
+            });
             self.ws();
             match self.s.get(self.i) {
                 Some(b',') => {
@@ -317,7 +350,10 @@ impl<'a> Parser<'a> {
         self.i += 1;
         let start = self.i;
         let s = self.s;
-        let stop = s[start..].iter().position(|&c| STOP[usize::from(c)]).map_or(s.len(), |n| start + n);
+        let stop = s[start..]
+            .iter()
+            .position(|&c| STOP[usize::from(c)])
+            .map_or(s.len(), |n| start + n);
         self.i = stop;
         match s.get(stop) {
             Some(b'"') => {
@@ -502,7 +538,9 @@ impl<'a> Parser<'a> {
 
     /// The number `text[start..i]` by the general parser (correctly rounded); infinite is an error.
     fn float_text(&mut self, start: usize, copy: Option<&'a str>) -> Result<Val<'a>, ParseError> {
-        let f: f64 = self.text[start..self.i].parse().map_err(|_| self.err("invalid number"))?;
+        let f: f64 = self.text[start..self.i]
+            .parse()
+            .map_err(|_| self.err("invalid number"))?;
         if f.is_infinite() {
             self.i = start;
             return Err(self.err("number is infinity when parsed as double"));
@@ -522,7 +560,11 @@ fn int_value<'a>(neg: bool, digits: &[u8]) -> Option<Val<'a>> {
         acc = acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
     }
     if !neg {
-        return Some(if acc <= i64::MAX as u64 { Val::Int(acc as i64) } else { Val::UInt(acc) });
+        return Some(if acc <= i64::MAX as u64 {
+            Val::Int(acc as i64)
+        } else {
+            Val::UInt(acc)
+        });
     }
     (acc <= 1u64 << 63).then(|| Val::Int((acc as i64).wrapping_neg()))
 }
@@ -533,9 +575,18 @@ mod tests {
 
     #[test]
     fn numbers() {
-        assert!(matches!(parse(b"18446744073709551615").unwrap(), Val::UInt(u64::MAX)));
-        assert!(matches!(parse(b"-9223372036854775808").unwrap(), Val::Int(i64::MIN)));
-        assert!(matches!(parse(b"18446744073709551616").unwrap(), Val::Float(..)));
+        assert!(matches!(
+            parse(b"18446744073709551615").unwrap(),
+            Val::UInt(u64::MAX)
+        ));
+        assert!(matches!(
+            parse(b"-9223372036854775808").unwrap(),
+            Val::Int(i64::MIN)
+        ));
+        assert!(matches!(
+            parse(b"18446744073709551616").unwrap(),
+            Val::Float(..)
+        ));
         assert!(matches!(parse(b"-0").unwrap(), Val::Int(0)));
         assert!(parse(b"1e400").is_err() && parse(b"01").is_err() && parse(b"1.").is_err());
     }
@@ -559,31 +610,11 @@ mod tests {
 
     #[test]
     fn escapes_and_surrogates() {
-        let Val::Str(s) = parse(br#""a\u00e9\ud83d\ude00\n""#).unwrap() else { panic!() };
+        let Val::Str(s) = parse(br#""a\u00e9\ud83d\ude00\n""#).unwrap() else {
+            panic!()
+        };
         assert_eq!(s, "a\u{e9}\u{1F600}\n");
         assert!(parse(br#""\ud800""#).is_err() && parse(br#""\udc00""#).is_err());
         assert!(parse(b"\"\xed\xa0\x80\"").is_err());
-    }
-}
-
-#[cfg(test)]
-mod bench {
-    #[test]
-    #[ignore]
-    fn parse_speed() {
-        for enc in ["flat", "nested", "flat-strings"] {
-            let data = std::fs::read(format!("/tmp/msg-{enc}.json")).unwrap();
-            let n = 200_000;
-            let t = std::time::Instant::now();
-            for _ in 0..n {
-                let v = super::parse(std::hint::black_box(&data)).unwrap();
-                std::hint::black_box(&v);
-            }
-            let t2 = std::time::Instant::now();
-            for _ in 0..n {
-                std::hint::black_box(std::str::from_utf8(std::hint::black_box(&data)).unwrap());
-            }
-            println!("{enc}: parse {:.3} us, utf8 {:.3} us", (t2 - t).as_secs_f64() / n as f64 * 1e6, t2.elapsed().as_secs_f64() / n as f64 * 1e6);
-        }
     }
 }
