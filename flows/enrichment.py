@@ -16,6 +16,7 @@ the join and state steps, the compiled rule pack) and passes them in.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from bytewax.operators import StatefulLogic
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from connectors.kafka_writer import KafkaWriter
+from enrich import telemetry
 from enrich.pipeline.join import CarEvents, JoinBatch, JoinConfig, JoinCore, JoinState, Lookup
 from enrich.pipeline.state import BucketInput, StateCore, StateOut, StateSnapshot
 from enrich.records import PartitionBatch
@@ -243,6 +245,7 @@ class OutSink(FixedPartitionedSink[JoinBatch, None]):
 
 def build_flow(settings: Settings, *, tail: bool = True, res: Resources | None = None) -> Dataflow:
     res = res or resources(settings)
+    logging.getLogger(__name__).info("telemetry decoder: %s", telemetry.IMPLEMENTATION)
     flow = Dataflow("telemetry_enrichment")
     src = KafkaBatchSource(
         settings.kafka_bootstrap,
