@@ -36,6 +36,12 @@ struct Known {
     json_key: Box<[u8]>,
 }
 
+/// Where a flat path is: a key of the document, or a range of the flattened paths' buffer.
+enum Span<'v> {
+    Raw(&'v str),
+    Arena(usize, usize),
+}
+
 /// The value a signal leaves decoding with.
 enum Out<'v, 'a> {
     Keep(&'v Val<'a>),
@@ -213,7 +219,8 @@ impl Decoder {
         let Some(Val::Obj(raw)) = doc.get("signals") else {
             return Err(self.schema(py, "signals must be an object".into(), "signals".into()));
         };
-        let flat = self.flatten(py, raw)?;
+        let mut arena = String::new();
+        let flat = self.flatten(py, raw, &mut arena)?;
         let signals = PyDict::new(py);
         let mut json = Vec::with_capacity(data.len());
         json.push(b'{');
@@ -317,42 +324,54 @@ impl Decoder {
     }
 
     /// The signals as flat paths in document order (a nested tree only under `Vehicle`, flattened
-    /// depth-first; later duplicates overwrite in place), as `decode_telemetry_py` builds `flat`.
+    /// depth-first; later duplicates overwrite in place), as `decode_telemetry_py` builds `flat`. Paths
+    /// made by flattening live in `arena` (one buffer, not one allocation per signal).
     fn flatten<'v, 'a>(
         &self,
         py: Python<'_>,
         raw: &'v [Entry<'a, Val<'a>>],
+        arena: &'v mut String,
     ) -> Res<Vec<Entry<'v, &'v Val<'a>>>> {
-        let mut flat: Vec<Entry<'v, &'v Val<'a>>> = Vec::with_capacity(raw.len().max(16));
         if !raw.iter().any(|m| m.key == "Vehicle") {
-            flat.extend(raw.iter().map(|m| Entry {
-                hash: m.hash,
-                key: Cow::Borrowed(m.key.as_ref()),
-                val: &m.val,
-            }));
-            return Ok(flat);
+            return Ok(raw
+                .iter()
+                .map(|m| Entry {
+                    hash: m.hash,
+                    key: Cow::Borrowed(m.key.as_ref()),
+                    val: &m.val,
+                })
+                .collect());
         }
+        let mut spans: Vec<(u64, Span<'v>, &'v Val<'a>)> = Vec::with_capacity(32);
         let mut prefix = String::with_capacity(128);
         for m in raw {
             if let Val::Obj(children) = &m.val {
                 if m.key != "Vehicle" {
-                    return Err(self.signal_error(
-                        py,
-                        "nested signals start at Vehicle".into(),
-                        &m.key,
-                    ));
+                    let msg = "nested signals start at Vehicle";
+                    return Err(self.signal_error(py, msg.into(), &m.key));
                 }
                 prefix.clear();
                 prefix.push_str(PREFIX);
-                self.flatten_into(py, children, &mut prefix, 1, &mut flat)?;
+                self.flatten_into(py, children, &mut prefix, 1, arena, &mut spans)?;
             } else {
-                flat.push(Entry {
-                    hash: m.hash,
-                    key: Cow::Borrowed(m.key.as_ref()),
-                    val: &m.val,
-                });
+                spans.push((m.hash, Span::Raw(m.key.as_ref()), &m.val));
             }
         }
+        let arena: &'v str = arena;
+        let mut flat: Vec<Entry<'v, &'v Val<'a>>> = spans
+            .into_iter()
+            .map(|(hash, span, val)| {
+                let key = match span {
+                    Span::Raw(k) => k,
+                    Span::Arena(a, b) => &arena[a..b],
+                };
+                Entry {
+                    hash,
+                    key: Cow::Borrowed(key),
+                    val,
+                }
+            })
+            .collect();
         dedup(&mut flat);
         Ok(flat)
     }
@@ -364,7 +383,8 @@ impl Decoder {
         node: &'v [Entry<'a, Val<'a>>],
         prefix: &mut String,
         depth: usize,
-        out: &mut Vec<Entry<'v, &'v Val<'a>>>,
+        arena: &mut String,
+        out: &mut Vec<(u64, Span<'v>, &'v Val<'a>)>,
     ) -> Res<()> {
         let base = prefix.len();
         for m in node {
@@ -379,13 +399,15 @@ impl Decoder {
                     return Err(self.signal_error(py, msg, prefix));
                 }
                 prefix.push('.');
-                self.flatten_into(py, children, prefix, depth + 1, out)?;
+                self.flatten_into(py, children, prefix, depth + 1, arena, out)?;
             } else {
-                out.push(Entry {
-                    hash: fx_hash(prefix.as_bytes()),
-                    key: Cow::Owned(prefix.clone()),
-                    val: &m.val,
-                });
+                let at = arena.len();
+                arena.push_str(prefix);
+                out.push((
+                    fx_hash(prefix.as_bytes()),
+                    Span::Arena(at, arena.len()),
+                    &m.val,
+                ));
             }
             prefix.truncate(base);
         }
