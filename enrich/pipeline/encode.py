@@ -42,7 +42,7 @@ def car_of(merged: Merged | None, roles: Roles) -> int | None:
 class Fragment:
     """What an enriched event needs from one merged record, encoded once."""
 
-    __slots__ = ("car", "car_id", "key", "reservation", "rows", "status")
+    __slots__ = ("car", "car_id", "car_json", "key", "reservation", "rows", "status")
 
     def __init__(self, merged: Merged | None, roles: Roles) -> None:
         rows = merged.rows if merged is not None else {}
@@ -50,6 +50,7 @@ class Fragment:
         self.status: JoinStatus = "missing" if device is None else ("ok" if car is not None else "partial")
         self.car_id = car_of(merged, roles)
         self.key = str(self.car_id).encode() if self.car_id is not None else None
+        self.car_json = self.key if self.key is not None else b"null"
         self.car, self.reservation = car, res
         position = merged.positions.get(roles.device) if merged is not None else None
         self.rows = b"".join(
@@ -69,6 +70,21 @@ class Fragment:
         )
 
 
+_escaped: dict[str, bytes] = {}  # device id -> its JSON string body (no quotes); bounded below
+
+
+def _escape(device_id: str) -> bytes:
+    """The JSON-escaped body of a device id, remembered (the fleet's devices, at most ``_ESCAPED_MAX``)."""
+    body = _dumps(device_id)[1:-1]
+    if len(_escaped) >= _ESCAPED_MAX:
+        _escaped.clear()
+    _escaped[device_id] = body
+    return body
+
+
+_ESCAPED_MAX = 1_000_000
+
+
 def fragment(merged: Merged | None, roles: Roles) -> Fragment:
     """The fragment of ``merged``, encoded on first use and kept with the record."""
     if merged is None:
@@ -85,22 +101,27 @@ def tail(attempts: int, now_ms: int) -> bytes:
 
 
 def encode(
-    tel: Telemetry, event_id: str, frag: Fragment, end: bytes, signals_json: bytes | None = None
+    tel: Telemetry, event_id: str | None, frag: Fragment, end: bytes, signals_json: bytes | None = None
 ) -> bytes:
-    """The enriched event's bytes. ``signals_json`` (default: ``tel.signals_json``, which the native
+    """The enriched event's bytes (``event_id`` None: the standard ``<device>:<seq>``). ``signals_json`` (default: ``tel.signals_json``, which the native
     decoder fills) is ``orjson.dumps(tel.signals)`` already made: spliced instead of encoding again."""
     sj = signals_json if signals_json is not None else tel.signals_json
     if sj is not None:
-        head = _dumps(
-            {
-                "event_id": event_id,
-                "device_id": tel.device_id,
-                "car_id": frag.car_id,
-                "ts": tel.ts,
-                "seq": tel.seq,
-            }
+        dev = _escaped.get(tel.device_id)
+        if dev is None:
+            dev = _escape(tel.device_id)
+        # None: the standard id, "<device>:<seq>"
+        eid = b"%b:%d" % (dev, tel.seq) if event_id is None else _dumps(event_id)[1:-1]
+        head = b'{"event_id":"%b","device_id":"%b","car_id":%b,"ts":%d,"seq":%d,"signals":' % (
+            eid,
+            dev,
+            frag.car_json,
+            tel.ts,
+            tel.seq,
         )
-        return b"".join((head[:-1], b',"signals":', sj, frag.rows, end))
+        return b"".join((head, sj, frag.rows, end))
+    if event_id is None:
+        event_id = f"{tel.device_id}:{tel.seq}"
     head = _dumps(
         {
             "event_id": event_id,

@@ -198,17 +198,39 @@ class JoinCore:
                 else:
                     out.retried += 1
                 self._emit(out, p.record, p.tel, frag, tail(p.attempts, now_ms))
+        # the common path inlined (this loop runs once per event): see _emit for the same steps
+        keys, bodies, sources, rows, cars = out.keys, out.bodies, out.sources, out.enriched_rows, out.cars
+        progress = out.progress
         for rec, tel in decoded:
-            m = merged.get(tel.device_id)
+            device = tel.device_id
+            m = merged.get(device)
             frag = fragment(m, roles)
-            if frag.status != "ok" or (waiting and tel.device_id in waiting):
+            if frag.status != "ok" or (waiting and device in waiting):
                 if not final and len(still) < cfg.max_pending:
                     still.append(Pending(rec, tel, now_ms, 1))
-                    waiting.add(tel.device_id)
+                    waiting.add(device)
                     continue
                 if frag.status != "ok":
                     out.misses[frag.status] = out.misses.get(frag.status, 0) + 1
-            self._emit(out, rec, tel, frag, end0)
+            event_id = f"{device}:{tel.seq}"
+            body = encode(tel, None, frag, end0)  # None: the standard id, spliced without encoding it
+            car = frag.car_id
+            keys.append(frag.key if frag.key is not None else device.encode())
+            bodies.append(body)
+            sources.append(rec)
+            ts = tel.ts
+            rows.append((rec.offset, event_id, car, ts, frag.status, body))
+            if ts > progress:
+                progress = ts
+            if car is not None:
+                ce = cars.get(car)
+                if ce is None:
+                    ce = cars[car] = CarEvents([])
+                ce.events.append(tel)
+                if ts >= ce.newest:
+                    ce.newest = ts
+                    ce.car, ce.reservation = frag.car, frag.reservation
+        out.progress = max(out.progress, progress)
         self.state.pending = still
         out.pending = len(still)
         times.emit += clock() - t2
