@@ -103,8 +103,9 @@ def tail(attempts: int, now_ms: int) -> bytes:
 def encode(
     tel: Telemetry, event_id: str | None, frag: Fragment, end: bytes, signals_json: bytes | None = None
 ) -> bytes:
-    """The enriched event's bytes (``event_id`` None: the standard ``<device>:<seq>``). ``signals_json`` (default: ``tel.signals_json``, which the native
-    decoder fills) is ``orjson.dumps(tel.signals)`` already made: spliced instead of encoding again."""
+    """The enriched event's bytes (``event_id`` None: the standard ``<device>:<seq>``). ``signals_json``
+    (default: ``tel.signals_json``, which the native decoder fills) is ``orjson.dumps(tel.signals)``
+    already made: spliced instead of encoding again."""
     sj = signals_json if signals_json is not None else tel.signals_json
     if sj is not None:
         dev = _escaped.get(tel.device_id)
