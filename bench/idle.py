@@ -96,7 +96,14 @@ def measure(s: Settings, env: dict[str, str], vehicles: int, seconds: float, tmp
             if proc.poll() is not None:
                 raise RuntimeError(f"the worker died: see {tmp}/idle-{vehicles}.log")
             time.sleep(1)
-        time.sleep(15)  # past the idle marker and the worker's last epoch snapshot
+        # Past the idle marker and the last epoch snapshot (with a million vehicles, writing that recovery
+        # snapshot takes a while): wait until two seconds in a row cost under a tenth of a core.
+        settle = time.monotonic() + 600
+        while time.monotonic() < settle:
+            c, t = cpu_seconds(proc.pid), time.monotonic()
+            time.sleep(2)
+            if (cpu_seconds(proc.pid) - c) / (time.monotonic() - t) < 0.1:
+                break
         c0, t0 = cpu_seconds(proc.pid), time.monotonic()
         time.sleep(seconds)
         return (cpu_seconds(proc.pid) - c0) / (time.monotonic() - t0)
