@@ -15,6 +15,8 @@ from cli.api import api_app
 from cli.flatten import flatten as flatten_command
 from cli.flows import flow_app, snapshot_app
 from cli.health import health_app
+from cli.sql import history_app
+from cli.sql import sql as sql_command
 from enrich.settings import get_settings
 from simulator.scenarios import SCENARIOS
 
@@ -29,6 +31,8 @@ app.add_typer(alerts_app, name="alerts")
 app.add_typer(health_app, name="health")
 app.command("flatten")(flatten_command)
 app.add_typer(api_app, name="api")
+app.command("sql")(sql_command)
+app.add_typer(history_app, name="history")
 console = Console(soft_wrap=True)
 
 

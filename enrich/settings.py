@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     join_max_pending: int = Field(20_000, description="Buffered join misses per partition before emitting")
     state_prefix: str = Field("state:", description="Redis key prefix of the latest vehicle state")
     history_dir: Path | None = Field(None, description="Parquet history root (default <state_dir>/history)")
+    lake_dir: Path | None = Field(
+        None, description="`enrich flatten` output that `enrich sql` registers (default <state_dir>/lake)"
+    )
     history_segment: int = Field(20_000, description="Offsets per Parquet segment file")
     history_flush_s: float = Field(30.0, description="Write an open Parquet segment at least this often")
     max_event_bytes: int = Field(1 << 20, ge=1, description="Telemetry larger than this is dead-lettered")

@@ -46,7 +46,7 @@ ENRICHED_SCHEMA = pa.schema(
         ("json", pa.string()),
     ]
 )
-SCHEMAS = {"raw": RAW_SCHEMA, "enriched": ENRICHED_SCHEMA}
+SCHEMAS = {"raw": RAW_SCHEMA, "enriched": ENRICHED_SCHEMA, "outliers": RAW_SCHEMA}  # outliers: archived topic
 _NAME = re.compile(r"^(?P<topic>.+)-p(?P<partition>\d+)-(?P<first>\d{12})-(?P<last>\d{12})\.parquet$")
 
 
@@ -137,6 +137,11 @@ class HistoryWriter:
                     found.add_all(offsets)
         return found
 
+    def next_offset(self, kind: str, topic: str, partition: int) -> int | None:
+        """The offset after the newest one of this partition on disk (``None``: nothing on disk)."""
+        index = self._index(kind, topic, partition)
+        return index.ends[-1] + 1 if index.ends else None
+
     def _write(self, kind: str, topic: str, partition: int, table: pa.Table, times: pa.Array) -> list[Path]:
         """Write the rows of ``table`` whose offsets are not on disk yet, one file per hour of ``times``."""
         index = self._index(kind, topic, partition)
@@ -171,10 +176,17 @@ class HistoryWriter:
         return written
 
     def write(
-        self, topic: str, partition: int, raw: Sequence[Record], enriched: Sequence[EnrichedRow]
+        self,
+        topic: str,
+        partition: int,
+        raw: Sequence[Record],
+        enriched: Sequence[EnrichedRow],
+        *,
+        raw_kind: str = "raw",
     ) -> list[Path]:
         """Write the rows of one partition not on disk yet (each file in the date/hour partition of its
-        rows: raw by Kafka timestamp, enriched by event time); returns the files written."""
+        rows: raw by Kafka timestamp, enriched by event time); returns the files written. ``raw_kind`` puts
+        the raw records under another folder (``outliers``: the archived outlier topic)."""
         written: list[Path] = []
         if raw:
             _t, _p, offsets, keys, values, stamps = zip(*raw, strict=True)
@@ -191,7 +203,7 @@ class HistoryWriter:
                 ],
                 schema=RAW_SCHEMA,
             )
-            written += self._write("raw", topic, partition, table, kafka_ts)
+            written += self._write(raw_kind, topic, partition, table, kafka_ts)
         if enriched:
             offsets, ids, cars, ts, statuses, bodies = zip(*enriched, strict=True)
             times = pa.array(ts, pa.int64())

@@ -21,6 +21,7 @@ from stores.vehicles.model import (
     Change,
     IncidentQuery,
     Page,
+    SeriesConfig,
     Tags,
     VehicleQuery,
     VehicleStateWrite,
@@ -53,6 +54,8 @@ class VehicleReader(Protocol):
         max_scan: int = 5000,
     ) -> Page: ...
 
+    async def series(self, car_id: int) -> list[bytes]: ...
+
     async def incident(self, incident_id: str) -> bytes | None: ...
 
     async def list_incidents(
@@ -79,6 +82,7 @@ __all__ = [
     "Change",
     "IncidentQuery",
     "Page",
+    "SeriesConfig",
     "Tags",
     "VehicleQuery",
     "VehicleReader",

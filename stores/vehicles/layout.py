@@ -17,6 +17,11 @@ Incidents (from the outlier events the enrichment flow emits)
 * ``ix:inc:all``, ``ix:inc:status:<s>``, ``ix:inc:rule:<rule>``, ``ix:inc:car:<car>``, ``ix:inc:cls:<cid>``
   — lexicographic zsets (score 0) of ``<starts_at 13 digits>:<id>``: newest first by ZREVRANGEBYLEX.
 
+Recent signal history (the console's charts; ``model.SeriesConfig``)
+* ``series:<id>`` list — ``<event time>,<value>,…`` samples of ``SERIES_SIGNALS``, oldest first, at most
+  one per ``step_ms`` of the car's event time, the newest ``points`` kept (RPUSH + LTRIM in one script call
+  per batch).
+
 Change stream
 * ``changes`` stream — one entry per flow batch: ``s`` = ``car,version,cid;…`` and ``i`` = JSON list of
   incident summaries. Trimmed to about ``stream_maxlen`` entries.
@@ -89,6 +94,9 @@ class Keys:
 
     def inc_cls(self, cid: str) -> str:
         return f"{self.prefix}ix:inc:cls:{cid}"
+
+    def series(self, car_id: int | str) -> str:
+        return f"{self.prefix}series:{car_id}"
 
     @property
     def changes(self) -> str:

@@ -17,6 +17,7 @@ from stores.vehicles.model import (
     IncidentMeta,
     IncidentQuery,
     Page,
+    SeriesConfig,
     Tags,
     VehicleQuery,
     VehicleStateWrite,
@@ -24,14 +25,24 @@ from stores.vehicles.model import (
     incident_member,
     incident_record,
     incident_summary,
+    series_sample,
     tags_of,
 )
 from stores.vehicles.redis_reader import allowed_classes
 
 
 class MemoryVehicleStore:
-    def __init__(self, *, tag_columns: Sequence[str] = TAG_COLUMNS, stream_maxlen: int = 5000) -> None:
+    def __init__(
+        self,
+        *,
+        tag_columns: Sequence[str] = TAG_COLUMNS,
+        stream_maxlen: int = 5000,
+        series: SeriesConfig = SeriesConfig(),
+    ) -> None:
         self.tag_columns = tuple(tag_columns)
+        self.series_config = series
+        self.samples: dict[int, list[bytes]] = {}
+        self._series_at: dict[int, int] = {}
         self.stream_maxlen = stream_maxlen
         self.bodies: dict[int, bytes] = {}
         self.parsed: dict[int, dict[str, Any]] = {}
@@ -57,6 +68,12 @@ class MemoryVehicleStore:
             cid = class_id(tags)
             self._classes.setdefault(cid, tags)
             summary.append((car, int(doc.get("version") or 0), cid))
+            cfg, last = self.series_config, int(doc.get("last_seen") or 0)
+            if cfg.points > 0 and last >= self._series_at.get(car, -cfg.step_ms) + cfg.step_ms:
+                kept = self.samples.setdefault(car, [])
+                kept.append(series_sample(doc, cfg.signals).encode())
+                del kept[: -cfg.points]
+                self._series_at[car] = last
         summaries = []
         for item in outliers:
             event = orjson.loads(item) if isinstance(item, bytes | bytearray) else dict(item)
@@ -123,6 +140,9 @@ class MemoryVehicleStore:
             if n >= max_scan and car != ids[-1]:
                 return Page(found, str(car), n)
         return Page(found, None, len(ids))
+
+    async def series(self, car_id: int) -> list[bytes]:
+        return list(self.samples.get(car_id, ()))
 
     async def incident(self, incident_id: str) -> bytes | None:
         return self.incidents.get(incident_id)

@@ -215,3 +215,62 @@ def stream_id_after(a: str, b: str) -> bool:
     am, _, aseq = a.partition("-")
     bm, _, bseq = b.partition("-")
     return (int(am), int(aseq or 0)) > (int(bm), int(bseq or 0))
+
+
+# -- recent signal history (the console's charts) -------------------------------------------------------
+SERIES_SIGNALS: tuple[str, ...] = (
+    "Vehicle.Speed",
+    "Vehicle.LowVoltageBattery.CurrentVoltage",
+    "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current",
+    "Vehicle.Powertrain.FuelSystem.RelativeLevel",
+)
+SERIES_STEP_MS = 30_000  # at most one sample per car per 30 s of event time
+SERIES_POINTS = 120  # kept per car: one hour at that step
+
+
+class SeriesConfig(NamedTuple):
+    """A bounded series per car: one sample (event time + ``signals``' values) per ``step_ms`` of the car's
+    event time, the newest ``points`` kept. ``points = 0`` turns it off."""
+
+    signals: tuple[str, ...] = SERIES_SIGNALS
+    step_ms: int = SERIES_STEP_MS
+    points: int = SERIES_POINTS
+
+
+def series_sample(doc: Mapping[str, Any], signals: Sequence[str]) -> str:
+    """``<event time>,<value>,…`` of a state document (empty where a signal is missing or not a number)."""
+    sig = doc.get("signals") or {}
+    parts = [str(doc.get("last_seen") or 0)]
+    for name in signals:
+        v = sig.get(name)
+        value = v.get("value") if v else None
+        parts.append(repr(value) if isinstance(value, int | float) and not isinstance(value, bool) else "")
+    return ",".join(parts)
+
+
+def parse_series(
+    raws: Sequence[bytes | str], signals: Sequence[str], since_ms: int | None = None
+) -> tuple[list[int], dict[str, list[float | None]]]:
+    """Samples as columns, in event-time order, one per time (a replayed batch may repeat one)."""
+    rows: dict[int, list[str]] = {}
+    for raw in raws:
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        parts = text.split(",")
+        try:
+            ts = int(parts[0])
+        except ValueError:
+            continue
+        if since_ms is None or ts >= since_ms:
+            rows[ts] = parts[1:]
+    times = sorted(rows)
+    cols: dict[str, list[float | None]] = {name: [] for name in signals}
+    for ts in times:
+        values = rows[ts]
+        for i, name in enumerate(signals):
+            cell = values[i] if i < len(values) else ""
+            try:
+                cols[name].append(float(cell) if cell else None)
+            except ValueError:
+                cols[name].append(None)
+    return times, cols
+

@@ -262,6 +262,11 @@ class RedisVehicleReader:
             items.append(orjson.dumps(public_document(doc)) if "values" in doc else raw)
         return Page(items, nxt, scanned)
 
+    async def series(self, car_id: int) -> list[bytes]:
+        """The car's recent samples (``<event time>,<value>,…``, oldest first; see ``model.SeriesConfig``)."""
+        raws: list[bytes] = await self.client.lrange(self.keys.series(car_id), 0, -1)
+        return raws
+
     # -- incidents -------------------------------------------------------------------------------------
     async def incident(self, incident_id: str) -> bytes | None:
         raw: bytes | None = await self.client.get(self.keys.incident(incident_id))

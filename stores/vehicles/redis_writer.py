@@ -12,7 +12,11 @@ index entries). Cost per car per batch, in Redis commands (variadic commands sha
 * only when its location moved: its position in the batch's one ``GEOADD``;
 * only when its car row's indexed attributes changed (class, fleet, model, status, environment) — rare:
   ``HSET ix:meta`` plus one ``ZREM``/``ZADD`` pair per changed index (at most 5 pairs);
-* per outlier event: its share of one ``EVALSHA`` (the incident script: record, indexes, active set).
+* per outlier event: its share of one ``EVALSHA`` (the incident script: record, indexes, active set);
+* recent signal history (``SeriesConfig``): a dict lookup and a comparison; only when the car's event time
+  moved on by ``step_ms`` since its last sample (at most once per 30 s of event time by default): one
+  formatted sample, its two arguments in the batch's one ``EVALSHA`` of the series script, and in Redis
+  an RPUSH and an LTRIM of its bounded list.
 
 The writer remembers each car's meta and location from its own writes (a dict per process; cars are
 partitioned by bucket, so one writer owns a car). A car it has not written yet costs one extra ``HMGET
@@ -33,6 +37,7 @@ from stores.vehicles.model import (
     FILTER_FIELDS,
     TAG_COLUMNS,
     Meta,
+    SeriesConfig,
     VehicleStateWrite,
     class_id,
     incident_member,
@@ -40,6 +45,7 @@ from stores.vehicles.model import (
     incident_summary,
     meta_of,
     pack_states,
+    series_sample,
     tags_of,
 )
 
@@ -85,6 +91,17 @@ end
 return 1
 """
 
+SERIES_LUA = r"""
+-- ARGV[1] = prefix, ARGV[2] = samples kept per car, then pairs: car, sample
+local p, keep = ARGV[1], tonumber(ARGV[2])
+for i = 3, #ARGV, 2 do
+  local key = p .. 'series:' .. ARGV[i]
+  redis.call('RPUSH', key, ARGV[i + 1])
+  redis.call('LTRIM', key, -keep, -1)
+end
+return 1
+"""
+
 
 class RedisVehicleWriter:
     """``VehicleWriter`` on Redis (layout in ``stores.vehicles.layout``)."""
@@ -96,8 +113,11 @@ class RedisVehicleWriter:
         *,
         tag_columns: Sequence[str] = TAG_COLUMNS,
         stream_maxlen: int = 5000,
+        series: SeriesConfig = SeriesConfig(),
     ) -> None:
         self.client = client
+        self.series = series
+        self._series_at: dict[int, int] = {}  # car -> event time of its last sample (this process's)
         self.keys = Keys(prefix)
         self.tag_columns = tuple(tag_columns)
         self.stream_maxlen = stream_maxlen
@@ -106,12 +126,13 @@ class RedisVehicleWriter:
         self._cids: set[str] = set()
         self._by_row: dict[tuple[Any, ...], tuple[str, Meta, bytes]] = {}  # row attributes -> class, meta
         self._fields = tuple(dict.fromkeys((*self.tag_columns, *FILTER_FIELDS)))
-        self._sha = ""
+        self._shas: dict[str, str] = {}
 
-    def _load_script(self) -> str:
-        if not self._sha:
-            self._sha = str(self.client.script_load(INCIDENT_LUA))
-        return self._sha
+    def _script(self, source: str) -> str:
+        sha = self._shas.get(source)
+        if sha is None:
+            sha = self._shas[source] = str(self.client.script_load(source))
+        return sha
 
     def write_batch(
         self, states: Mapping[int, VehicleStateWrite], outliers: Sequence[bytes | Mapping[str, Any]] = ()
@@ -131,11 +152,18 @@ class RedisVehicleWriter:
         classes: dict[str, bytes] = {}
         by_row, row_fields, known_loc = self._by_row, self._fields, self._loc
         prefix = k.prefix
+        series_at, step, wanted = self._series_at, self.series.step_ms, self.series.signals
+        series_on = self.series.points > 0
+        sampled: list[str] = []
+        new_at: dict[int, int] = {}
         for car, w in states.items():
             doc = w.doc if w.doc is not None else orjson.loads(w.body)
             member = str(car)
             docs[f"{prefix}car:{member}"] = w.body
-            seen[member] = doc.get("last_seen") or 0
+            last = seen[member] = doc.get("last_seen") or 0
+            if series_on and last >= series_at.get(car, -step) + step and "signals" in doc:
+                sampled += (member, series_sample(doc, wanted))
+                new_at[car] = last
             row = doc.get("car") or {}
             row_key = tuple([row.get(f) for f in row_fields])
             hit = by_row.get(row_key)
@@ -176,7 +204,9 @@ class RedisVehicleWriter:
                 pipe.hset(k.classes, cid, tags_json)
             changed = self._index_moves(pipe, new_meta)
             if incidents:
-                pipe.evalsha(self._load_script(), 0, self.keys.prefix, *incidents)
+                pipe.evalsha(self._script(INCIDENT_LUA), 0, self.keys.prefix, *incidents)
+            if sampled:
+                pipe.evalsha(self._script(SERIES_LUA), 0, prefix, self.series.points, *sampled)
             fields: dict[str, str] = {}
             if stream:
                 fields["s"] = pack_states(stream)
@@ -187,12 +217,13 @@ class RedisVehicleWriter:
                 pipe.execute()
                 break
             except redis.exceptions.NoScriptError:
-                self._sha = ""  # Redis lost its scripts (restart): load again, replay the idempotent batch
+                self._shas.clear()  # Redis lost its scripts (restart): load again, replay the idempotent batch
                 if attempt == 2:
                     raise
         self._meta.update({c: new_meta[c] for c in changed})
         self._loc.update(new_loc)
         self._cids.update(classes)
+        series_at.update(new_at)
 
     def _index_moves(self, pipe: Any, new_meta: Mapping[int, Meta]) -> list[int]:
         """Queue the index changes of the cars whose meta changed; return those cars."""
