@@ -23,7 +23,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from api import problems, routes_events, routes_incidents, routes_vehicles
+from api import problems, routes_console, routes_events, routes_incidents, routes_vehicles
 from api.alerts_adapter import Silences
 from api.cursor import Cursors
 from api.deps import Services
@@ -104,6 +104,7 @@ def create_app(settings: Settings | None = None, policies: Policies | None = Non
     app.include_router(routes_incidents.router)
     app.include_router(routes_events.router)
     _ops(app)
+    routes_console.install(app)  # last: its static mount must not shadow a route
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
 

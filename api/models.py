@@ -114,6 +114,67 @@ class VehiclePage(BaseModel):
     )
 
 
+SUMMARY: Any = {
+    "car_id": 1042,
+    "last_seen": 1718000060000,
+    "location": {"lat": 37.5, "lon": 127.03},
+    "version": 57,
+    "plate": "12가3456",
+    "model": "Kia Niro EV",
+    "fleet": "seoul-gangnam",
+    "status": "ACTIVE",
+    "environment": "beta",
+    "stage": "pilot",
+    "zone": "Z07",
+    "speed": 42.0,
+    "engine": True,
+}
+
+
+class VehicleSummary(BaseModel):
+    """What a fleet overview needs of a vehicle (``view=summary``): about a tenth of the state document."""
+
+    model_config = ConfigDict(json_schema_extra={"example": SUMMARY})
+    car_id: int
+    last_seen: int
+    location: Location | None
+    version: int
+    plate: str | None
+    model: str | None
+    fleet: str | None
+    status: str | None
+    environment: str | None
+    stage: str | None
+    zone: str | None
+    speed: float | None = Field(description="Vehicle.Speed (km/h), when known")
+    engine: bool | None = Field(description="Vehicle.Powertrain.CombustionEngine.IsRunning, when known")
+
+
+class VehicleSummaryPage(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"example": {"items": [SUMMARY], "next_cursor": None}})
+    items: list[VehicleSummary]
+    next_cursor: str | None
+
+
+class VehicleHistory(BaseModel):
+    """A vehicle's recent samples as columns: ``ts[i]`` is the event time of ``signals[name][i]``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "example": {
+                "car_id": 1042,
+                "step_ms": 30000,
+                "ts": [1718000000000, 1718000030000],
+                "signals": {"Vehicle.Speed": [38.5, 41.0], "Vehicle.LowVoltageBattery.CurrentVoltage": [14.1, None]},
+            }
+        }
+    )
+    car_id: int
+    step_ms: int = Field(description="At most one sample per this much of the vehicle's event time")
+    ts: list[int] = Field(description="Event time of each sample (epoch ms), ascending")
+    signals: dict[str, list[float | None]] = Field(description="Per signal, its value at each sample")
+
+
 class IncidentPage(BaseModel):
     model_config = ConfigDict(json_schema_extra={"example": {"items": [INCIDENT], "next_cursor": None}})
     items: list[Incident]

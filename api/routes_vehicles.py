@@ -6,7 +6,7 @@ about vehicles outside its access (no ids, no counts)."""
 from __future__ import annotations
 
 import zlib
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -14,7 +14,7 @@ from fastapi.responses import Response
 
 from api.cursor import CursorError
 from api.deps import Key, Services, Svc, key_of, strict_query
-from api.models import Device, VehicleDetail, VehiclePage
+from api.models import Device, VehicleDetail, VehiclePage, VehicleSummaryPage
 from api.problems import COMMON, Problem, problem
 from stores.vehicles import BBox, VehicleQuery, tags_of
 
@@ -115,7 +115,7 @@ def _bbox(text: str | None) -> BBox | None:
 @router.get(
     "/vehicles",
     summary="List vehicles (filtered, paged)",
-    response_model=VehiclePage,
+    response_model=VehiclePage | VehicleSummaryPage,
     responses={
         400: problem(
             400,
@@ -144,8 +144,14 @@ async def list_vehicles(
             examples=["37.45,126.85,37.65,127.15"],
         ),
     ] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    limit: Annotated[
+        int, Query(ge=1, le=5000, description="Page size: at most 500 documents, or 5000 with view=summary")
+    ] = 50,
     cursor: Annotated[str | None, Query(max_length=200, pattern=r"^[A-Za-z0-9_-]+$")] = None,
+    view: Annotated[
+        Literal["full", "summary"],
+        Query(description="`full`: state documents; `summary`: the fields a fleet overview needs"),
+    ] = "full",
 ) -> Response:
     """Vehicles the key may see, in car id order, that match every filter given. Served from indexes the
     enrichment flow maintains (no keyspace scans); access is decided once per tag class."""
@@ -169,7 +175,9 @@ async def list_vehicles(
         except CursorError as exc:
             raise Problem(400, str(exc)) from None
     allowed = await svc.allowed_classes(key, "vehicles:List")
-    page = await svc.vehicles.list_vehicles(q, allowed, after, limit)
+    if view == "full":
+        limit = min(limit, 500)
+    page = await svc.vehicles.list_vehicles(q, allowed, after, limit, summary=view == "summary")
     svc.metrics.scanned.labels("vehicles").observe(page.scanned)
     nxt = svc.cursors.encode("vehicles", page.next_after, ident) if page.next_after is not None else None
     body = b'{"items":[' + b",".join(page.items) + b'],"next_cursor":' + orjson.dumps(nxt) + b"}"

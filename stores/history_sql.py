@@ -132,9 +132,7 @@ def lake_tables(lake: Path) -> Iterable[tuple[str, Path]]:
 class HistorySQL:
     """One DuckDB connection with the history and lake tables registered as views."""
 
-    def __init__(
-        self, history: Path, lakes: Sequence[Path] = (), *, threads: int | None = None
-    ) -> None:
+    def __init__(self, history: Path, lakes: Sequence[Path] = (), *, threads: int | None = None) -> None:
         self.history = history
         self.con = duckdb.connect(":memory:")
         if threads is not None:

@@ -52,6 +52,7 @@ class VehicleReader(Protocol):
         after: str | None,
         limit: int,
         max_scan: int = 5000,
+        summary: bool = False,
     ) -> Page: ...
 
     async def series(self, car_id: int) -> list[bytes]: ...

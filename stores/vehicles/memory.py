@@ -26,6 +26,7 @@ from stores.vehicles.model import (
     incident_record,
     incident_summary,
     series_sample,
+    summary_of,
     tags_of,
 )
 from stores.vehicles.redis_reader import allowed_classes
@@ -124,6 +125,7 @@ class MemoryVehicleStore:
         after: str | None,
         limit: int,
         max_scan: int = 5000,
+        summary: bool = False,
     ) -> Page:
         ok, _every = allowed_classes(self._classes, allowed, q.equal, self.tag_columns)
         cursor = int(after) if after is not None else None
@@ -134,7 +136,7 @@ class MemoryVehicleStore:
             if class_id(tags_of(doc.get("car"), self.tag_columns)) in ok and q.matches_doc(
                 doc, self._has_active(car)
             ):
-                found.append(self.bodies[car])
+                found.append(orjson.dumps(summary_of(doc)) if summary else self.bodies[car])
                 if len(found) == limit:
                     return Page(found, str(car) if car != ids[-1] else None, n)
             if n >= max_scan and car != ids[-1]:

@@ -237,13 +237,31 @@ class SeriesConfig(NamedTuple):
     points: int = SERIES_POINTS
 
 
+def signal_values(doc: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    """Signal path → value of a state document in either form: the flow's stored record (``values`` and
+    ``stamps`` maps) or ``schemas/vehicle-state.v1`` (``signals`` objects); ``None`` when it has neither
+    (a partial document)."""
+    values = doc.get("values")
+    if values is not None:
+        return values  # type: ignore[no-any-return]
+    signals = doc.get("signals")
+    if signals is None:
+        return None
+    return {path: s.get("value") for path, s in signals.items() if isinstance(s, Mapping)}
+
+
+def _num(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
 def series_sample(doc: Mapping[str, Any], signals: Sequence[str]) -> str:
     """``<event time>,<value>,…`` of a state document (empty where a signal is missing or not a number)."""
-    sig = doc.get("signals") or {}
+    values = doc.get("values")
+    if values is None:
+        values = signal_values(doc) or {}
     parts = [str(doc.get("last_seen") or 0)]
     for name in signals:
-        v = sig.get(name)
-        value = v.get("value") if v else None
+        value = values.get(name)
         parts.append(repr(value) if isinstance(value, int | float) and not isinstance(value, bool) else "")
     return ",".join(parts)
 
@@ -274,3 +292,22 @@ def parse_series(
                 cols[name].append(None)
     return times, cols
 
+
+SUMMARY_ROW = ("plate", "model", "fleet", "status", "environment", "stage", "zone")
+
+
+def summary_of(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """The few fields a fleet overview needs of a state document, in either form
+    (``GET /v1/vehicles?view=summary``)."""
+    car = doc.get("car") or {}
+    values = signal_values(doc) or {}
+    running = values.get("Vehicle.Powertrain.CombustionEngine.IsRunning")
+    return {
+        "car_id": doc.get("car_id"),
+        "last_seen": doc.get("last_seen") or 0,
+        "location": doc.get("location"),
+        "version": doc.get("version") or 0,
+        **{f: (None if car.get(f) is None else str(car[f])) for f in SUMMARY_ROW},
+        "speed": _num(values.get("Vehicle.Speed")),
+        "engine": running if isinstance(running, bool) else None,
+    }

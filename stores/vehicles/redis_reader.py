@@ -30,6 +30,7 @@ from stores.vehicles.model import (
     Tags,
     VehicleQuery,
     class_id,
+    summary_of,
     tags_of,
     unpack_states,
 )
@@ -123,7 +124,9 @@ class RedisVehicleReader:
         after: str | None,
         limit: int,
         max_scan: int = 5000,
+        summary: bool = False,
     ) -> Page:
+        """A page of state documents in car-id order (``summary``: ``model.summary_of`` of each instead)."""
         k = self.keys
         ok, every = allowed_classes(await self.classes(), allowed, q.equal, self.tag_columns)
         if not ok:
@@ -156,7 +159,7 @@ class RedisVehicleReader:
         while True:
             ids, exhausted = await self._next_ids(driver, cursor, chunk)
             if not ids:
-                return await self._page(q, ok, found, None, scanned, limit)
+                return await self._page(q, ok, found, None, scanned, summary)
             keep = await self._check(ids, q, ok if check_class else None, check_fields, check_active)
             for car, good in zip(ids, keep, strict=True):
                 scanned += 1
@@ -165,11 +168,11 @@ class RedisVehicleReader:
                     found.append(car)
                     if len(found) == limit:
                         more = not (exhausted and car == ids[-1])
-                        return await self._page(q, ok, found, str(car) if more else None, scanned, limit)
+                        return await self._page(q, ok, found, str(car) if more else None, scanned, summary)
             if exhausted:
-                return await self._page(q, ok, found, None, scanned, limit)
+                return await self._page(q, ok, found, None, scanned, summary)
             if scanned >= max_scan:
-                return await self._page(q, ok, found, str(cursor), scanned, limit)
+                return await self._page(q, ok, found, str(cursor), scanned, summary)
 
     async def _next_ids(self, driver: list[str], cursor: int | None, chunk: int) -> tuple[list[int], bool]:
         """The next ``chunk`` car ids after ``cursor`` in the union of the driver zsets, and whether the
@@ -244,7 +247,7 @@ class RedisVehicleReader:
         ids: list[int],
         nxt: str | None,
         scanned: int,
-        limit: int,
+        summary: bool = False,
     ) -> Page:
         if not ids:
             return Page([], nxt, scanned)
@@ -259,7 +262,10 @@ class RedisVehicleReader:
                 continue
             if not q.matches_doc(doc, active=bool(q.has_active_incident)):
                 continue
-            items.append(orjson.dumps(public_document(doc)) if "values" in doc else raw)
+            if summary:
+                items.append(orjson.dumps(summary_of(doc)))
+            else:
+                items.append(orjson.dumps(public_document(doc)) if "values" in doc else raw)
         return Page(items, nxt, scanned)
 
     async def series(self, car_id: int) -> list[bytes]:

@@ -161,7 +161,11 @@ class RedisVehicleWriter:
             member = str(car)
             docs[f"{prefix}car:{member}"] = w.body
             last = seen[member] = doc.get("last_seen") or 0
-            if series_on and last >= series_at.get(car, -step) + step and "signals" in doc:
+            if (
+                series_on
+                and last >= series_at.get(car, -step) + step
+                and ("values" in doc or "signals" in doc)
+            ):
                 sampled += (member, series_sample(doc, wanted))
                 new_at[car] = last
             row = doc.get("car") or {}

@@ -186,7 +186,7 @@ def test_bounds_cursors_and_problems(fleet: tuple[Settings, dict[str, str]]) -> 
         assert is_problem(r, 422) and huge not in r.text and len(r.text) < 2000
         is_problem(http.get("/v1/vehicles", params={"cursor": "99999999999999999999999"}, headers=ops), 400)
         is_problem(http.get("/v1/vehicles", params={"cursor": "x" * 300}, headers=ops), 422)
-        is_problem(http.get("/v1/vehicles", params={"limit": 501}, headers=ops), 422)
+        is_problem(http.get("/v1/vehicles", params={"limit": 5001}, headers=ops), 422)
         is_problem(http.get("/v1/vehicles", params={"fleet": "x" * 65}, headers=ops), 422)
         is_problem(http.get("/v1/vehicles", params={"bbox": "1,2,3"}, headers=ops), 422)
         typo = is_problem(http.get("/v1/vehicles", params={"fleeet": "busan"}, headers=ops), 422)
