@@ -82,7 +82,7 @@ export class VehiclePage {
 
   render(devices) {
     const d = this.doc, car = d.car || {};
-    this.signalsBox = h("section", { "aria-labelledby": "sig-title" }, h("h3", { id: "sig-title", text: "Current signals" }));
+    this.signalsBox = h("section", { class: "wide", "aria-labelledby": "sig-title" }, h("h3", { id: "sig-title", text: "Current signals" }));
     this.incidentsBox = h("section", { "aria-labelledby": "inc-title" }, h("h3", { id: "inc-title", text: "Incidents" }));
     this.chartBox = h("div", { class: "charts" });
     const deviceBox = h("section", { "aria-labelledby": "dev-title" }, h("h3", { id: "dev-title", text: "Devices" }));

@@ -117,10 +117,10 @@ def test_console_on_the_running_pipeline(live: Live) -> None:
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(live.base + "/")
-        page.get_by_label("API key").fill("fe_not_a_key")
+        page.get_by_label("API key", exact=True).fill("fe_not_a_key")
         page.get_by_role("button", name="Open the console").click()
         page.get_by_role("alert").filter(has_text="not valid").wait_for(timeout=5000)
-        page.get_by_label("API key").fill(live.ops)
+        page.get_by_label("API key", exact=True).fill(live.ops)
         page.get_by_role("button", name="Open the console").click()
         page.wait_for_function("() => window.consoleMetrics && window.consoleMetrics.fleetComplete !== null")
         live.producer.start()  # the fleet starts driving only now: everything arrives live
@@ -134,11 +134,12 @@ def test_console_on_the_running_pipeline(live: Live) -> None:
         truth_cars = {i.car_id for i in sim.injections if not i.control}
         assert wait_until(lambda: metric(page, "Object.keys(window.consoleMetrics.feedShown).length") > 0, 60)
         shown: dict[str, float] = metric(page, "window.consoleMetrics.feedShown")
-        lags = []
+        lags, car_of = [], {}
         for iid, at in shown.items():
             r = httpx.get(f"{live.base}/v1/incidents/{iid}", headers={"Authorization": f"Bearer {live.ops}"})
             inc = r.json()
             assert inc["car_id"] in truth_cars, inc
+            car_of[iid] = inc["car_id"]
             lags.append(at - inc["generated_at"])
         print(f"incident → feed: {[f'{lag:.0f} ms' for lag in lags]}")
         assert all(lag <= 2000 for lag in lags), lags
@@ -148,7 +149,7 @@ def test_console_on_the_running_pipeline(live: Live) -> None:
         page.screenshot(path=str(artifact("console-pipeline.png")), full_page=True)
 
         # the vehicle page of that car: attributes, its incident, charts drawn from the history route
-        car = int(iid.split(":")[1])
+        car = car_of[iid]
         item.get_by_role("link").click()
         page.wait_for_function(f"() => location.hash === '#/vehicles/{car}'")
         page.get_by_role("heading", name=f"Car {car}").wait_for()
