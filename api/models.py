@@ -165,7 +165,10 @@ class VehicleHistory(BaseModel):
                 "car_id": 1042,
                 "step_ms": 30000,
                 "ts": [1718000000000, 1718000030000],
-                "signals": {"Vehicle.Speed": [38.5, 41.0], "Vehicle.LowVoltageBattery.CurrentVoltage": [14.1, None]},
+                "signals": {
+                    "Vehicle.Speed": [38.5, 41.0],
+                    "Vehicle.LowVoltageBattery.CurrentVoltage": [14.1, None],
+                },
             }
         }
     )

@@ -34,8 +34,17 @@ def doc(car: int, version: int, t: int) -> dict[str, Any]:
         "last_seen": t,
         "location": {"lat": 37.5 + (car % 100) / 1000, "lon": 127.0 + (car % 77) / 1000},
         "signals": sig,
-        "car": {"car_id": car, "plate": f"P{car}", "model": "Kia Ray", "fleet": "busan", "status": "ACTIVE",
-                "zone": "Z01", "environment": "prod", "stage": "prod", "updated_at": 1},  # fmt: skip
+        "car": {
+            "car_id": car,
+            "plate": f"P{car}",
+            "model": "Kia Ray",
+            "fleet": "busan",
+            "status": "ACTIVE",
+            "zone": "Z01",
+            "environment": "prod",
+            "stage": "prod",
+            "updated_at": 1,
+        },
         "reservation": None,
         "devices": [f"dev-{car}"],
         "updated_at": t,
@@ -57,7 +66,10 @@ def main() -> None:
         "on, every car sampled": (SeriesConfig(), 30_000),
         "on, real time": (SeriesConfig(), 5_000),
     }
-    writers = {m: RedisVehicleWriter(client, f"{prefix}{i}:", series=cfg) for i, (m, (cfg, _)) in enumerate(modes.items())}
+    writers = {
+        m: RedisVehicleWriter(client, f"{prefix}{i}:", series=cfg)
+        for i, (m, (cfg, _)) in enumerate(modes.items())
+    }
     cars = list(range(1000, 1000 + args.vehicles))
     t0 = int(time.time() * 1000) - 86_400_000
     results: dict[str, list[float]] = {m: [] for m in modes}

@@ -18,6 +18,7 @@ from rich.table import Table
 
 from cli.demo_alerts import LocalReceivers, show_deliveries, start_alerts_worker
 from cli.demo_api import show_api, start_api
+from cli.demo_console import show_console, show_sql, wait_for_interrupt
 from cli.demo_flatten import run_flatten_demo
 from enrich.pipeline.state import public_document
 from enrich.settings import Settings
@@ -172,7 +173,15 @@ def _show_outliers(settings: Settings, console: Console, truth: dict[str, Any], 
                   f"{len(controls & fired)} of {len(controls)} control vehicles alerted")  # fmt: skip
 
 
-def run_demo(settings: Settings, console: Console, *, vehicles: int, rate: float, duration: float) -> None:
+def run_demo(
+    settings: Settings,
+    console: Console,
+    *,
+    vehicles: int,
+    rate: float,
+    duration: float,
+    keep: bool = False,
+) -> None:
     demo_started_ms = int(time.time() * 1000)
     topics = [
         settings.topic_outliers,
@@ -247,6 +256,10 @@ def run_demo(settings: Settings, console: Console, *, vehicles: int, rate: float
         files = list(history.glob("*/date=*/hour=*/*.parquet"))
         time.sleep(0.5)
     console.print(f"Parquet history: {len(files)} files under {history} (raw and enriched, by date/hour)")
+    show_sql(settings, console)
+    show_console(console, api_base, keep=keep)
+    if keep:
+        wait_for_interrupt(console)
     for proc in procs:
         proc.terminate()
     for proc in procs:

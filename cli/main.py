@@ -240,6 +240,13 @@ def demo(
     vehicles: Annotated[int, typer.Option(min=10)] = 500,
     rate: Annotated[float, typer.Option(min=1)] = 2000.0,
     duration: Annotated[float, typer.Option(min=1)] = 15.0,
+    keep: Annotated[
+        bool | None,
+        typer.Option(
+            "--keep/--no-keep",
+            help="Keep the workers and the console running at the end (default: on a terminal)",
+        ),
+    ] = None,
 ) -> None:
     """Start the local stack if needed, run the fleet simulator with every scenario, show the data flowing."""
     from cli.demo import run_demo
@@ -250,7 +257,8 @@ def demo(
     console.print(
         f"stack ready ({timings['total']:.1f}s): kafka {settings.kafka_bootstrap}, redis {settings.redis_url}"
     )
-    run_demo(settings, console, vehicles=vehicles, rate=rate, duration=duration)
+    keep_open = sys.stdin.isatty() and sys.stdout.isatty() if keep is None else keep
+    run_demo(settings, console, vehicles=vehicles, rate=rate, duration=duration, keep=keep_open)
 
 
 def main() -> None:

@@ -39,7 +39,9 @@ def _json_default(value: Any) -> Any:
 
 
 def sql(
-    query: Annotated[str | None, typer.Argument(help="The SQL (DuckDB dialect); '-' reads it from stdin")] = None,
+    query: Annotated[
+        str | None, typer.Argument(help="The SQL (DuckDB dialect); '-' reads it from stdin")
+    ] = None,
     fmt: Annotated[str, typer.Option("--format", "-f", help="table, csv, json, jsonl or parquet")] = "table",
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the result to this file")] = None,
     param: Annotated[
@@ -135,9 +137,7 @@ def _print(result: Any, fmt: str, max_rows: int) -> None:
 def archive(
     topic: Annotated[str | None, typer.Option(help="Topic (default: the outliers topic)")] = None,
     kind: Annotated[str, typer.Option(help="Folder under the history root")] = "outliers",
-    every: Annotated[
-        float, typer.Option(min=0, help="Repeat every N seconds until stopped (0: once)")
-    ] = 0.0,
+    every: Annotated[float, typer.Option(min=0, help="Repeat every N seconds until stopped (0: once)")] = 0.0,
 ) -> None:
     """Copy what the topic holds into <history>/<kind>/date=…/hour=… (idempotent: only offsets not on disk
     yet), so `enrich sql` can query incidents (views `outliers`, `incidents`)."""

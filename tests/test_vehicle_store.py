@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
@@ -300,7 +301,7 @@ def test_recent_signal_series_is_bounded_sampled_and_replay_safe(store: Store) -
     t = [1_000_000 + (n - 3) * 10_000, 1_000_000 + (n - 1) * 10_000]
     assert times[-2:] == t or times[-1] == t[0]  # the memory twin is one process: no early sample
     steady = times if times[-1] == t[0] else times[:-1]
-    assert all(b - a == SERIES_STEP_MS for a, b in zip(steady, steady[1:], strict=False))
+    assert all(b - a == SERIES_STEP_MS for a, b in itertools.pairwise(steady))
     assert cols["Vehicle.Speed"] == [(t - 1_000_000) / 10_000 for t in times]
     assert set(cols["Vehicle.LowVoltageBattery.CurrentVoltage"]) == {12.5}
     assert set(cols["Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"]) == {None}

@@ -12,6 +12,7 @@ import orjson
 
 from enrich.pipeline.state import public_bytes
 from stores.vehicles.model import (
+    DEFAULT_SERIES,
     TAG_COLUMNS,
     Change,
     IncidentMeta,
@@ -38,7 +39,7 @@ class MemoryVehicleStore:
         *,
         tag_columns: Sequence[str] = TAG_COLUMNS,
         stream_maxlen: int = 5000,
-        series: SeriesConfig = SeriesConfig(),
+        series: SeriesConfig = DEFAULT_SERIES,
     ) -> None:
         self.tag_columns = tuple(tag_columns)
         self.series_config = series

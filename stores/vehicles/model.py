@@ -237,6 +237,9 @@ class SeriesConfig(NamedTuple):
     points: int = SERIES_POINTS
 
 
+DEFAULT_SERIES = SeriesConfig()
+
+
 def signal_values(doc: Mapping[str, Any]) -> Mapping[str, Any] | None:
     """Signal path → value of a state document in either form: the flow's stored record (``values`` and
     ``stamps`` maps) or ``schemas/vehicle-state.v1`` (``signals`` objects); ``None`` when it has neither

@@ -34,6 +34,7 @@ import redis
 
 from stores.vehicles.layout import Keys
 from stores.vehicles.model import (
+    DEFAULT_SERIES,
     FILTER_FIELDS,
     TAG_COLUMNS,
     Meta,
@@ -113,7 +114,7 @@ class RedisVehicleWriter:
         *,
         tag_columns: Sequence[str] = TAG_COLUMNS,
         stream_maxlen: int = 5000,
-        series: SeriesConfig = SeriesConfig(),
+        series: SeriesConfig = DEFAULT_SERIES,
     ) -> None:
         self.client = client
         self.series = series
@@ -221,7 +222,7 @@ class RedisVehicleWriter:
                 pipe.execute()
                 break
             except redis.exceptions.NoScriptError:
-                self._shas.clear()  # Redis lost its scripts (restart): load again, replay the idempotent batch
+                self._shas.clear()  # Redis lost its scripts (restart): load again, replay the batch
                 if attempt == 2:
                     raise
         self._meta.update({c: new_meta[c] for c in changed})

@@ -95,7 +95,9 @@ class FleetWriter:
         import orjson
 
         docs = {c: self.doc(c, t_ms) for c in cars}
-        self.writer.write_batch({c: VehicleStateWrite(orjson.dumps(d), d) for c, d in docs.items()}, outliers or [])
+        self.writer.write_batch(
+            {c: VehicleStateWrite(orjson.dumps(d), d) for c, d in docs.items()}, outliers or []
+        )
 
     def fill(self, t_ms: int, batch: int = 1000) -> None:
         cars = sorted(self.fleet.cars)

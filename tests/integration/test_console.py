@@ -38,6 +38,7 @@ from tests.integration.pipeline import running, vehicle_states
 
 pytestmark = pytest.mark.integration
 VIEWPORT = {"width": 1400, "height": 1000}
+LOADED = "() => window.consoleMetrics && window.consoleMetrics.fleetComplete !== null"
 
 
 def metric(page: Any, expr: str) -> Any:
@@ -45,7 +46,9 @@ def metric(page: Any, expr: str) -> Any:
 
 
 def legend_total(page: Any) -> int:
-    counts = page.eval_on_selector_all("#legend .n", "els => els.map(e => Number(e.textContent.replace(/,/g, '')))")
+    counts = page.eval_on_selector_all(
+        "#legend .n", "els => els.map(e => Number(e.textContent.replace(/,/g, '')))"
+    )
     return int(sum(counts))
 
 
@@ -60,9 +63,7 @@ class Live:
 
 
 @pytest.fixture(scope="module")
-def live(
-    kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Live]:
+def live(kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     import uuid
 
     from stack.topics import create_topics, topic_specs
@@ -122,7 +123,7 @@ def test_console_on_the_running_pipeline(live: Live) -> None:
         page.get_by_role("alert").filter(has_text="not valid").wait_for(timeout=5000)
         page.get_by_label("API key", exact=True).fill(live.ops)
         page.get_by_role("button", name="Open the console").click()
-        page.wait_for_function("() => window.consoleMetrics && window.consoleMetrics.fleetComplete !== null")
+        page.wait_for_function(LOADED)
         live.producer.start()  # the fleet starts driving only now: everything arrives live
 
         # the fleet view fills with the simulated vehicles, through the event stream
@@ -158,25 +159,35 @@ def test_console_on_the_running_pipeline(live: Live) -> None:
         assert page.locator("#dev-title ~ h4").count() >= 1  # the device row from /v1/devices
         live.producer.join(timeout=60)
         assert wait_until(
-            lambda: page.eval_on_selector_all(
-                "canvas[data-signal]", "cs => cs.filter(c => Number(c.dataset.points || 0) >= 2).length"
-            )
-            >= 3,
+            lambda: (
+                page.eval_on_selector_all(
+                    "canvas[data-signal]", "cs => cs.filter(c => Number(c.dataset.points || 0) >= 2).length"
+                )
+                >= 3
+            ),
             30,
         ), "speed, 12 V and charge charts"
-        labels = page.eval_on_selector_all("canvas[data-signal]", "cs => cs.map(c => c.getAttribute('aria-label'))")
+        labels = page.eval_on_selector_all(
+            "canvas[data-signal]", "cs => cs.map(c => c.getAttribute('aria-label'))"
+        )
         assert any(lbl.startswith("Speed") for lbl in labels) and any("12 V" in lbl for lbl in labels)
         page.screenshot(path=str(artifact("console-vehicle.png")), full_page=True)
 
         # a partner key sees only its environment's vehicles (not those at stage prod: the shipped policies)
         docs = vehicle_states(s).values()
-        visible = {d["car_id"] for d in docs if d["car"]["environment"] == "beta" and d["car"]["stage"] != "prod"}
+        visible = {
+            d["car_id"] for d in docs if d["car"]["environment"] == "beta" and d["car"]["stage"] != "prod"
+        }
         assert visible
         partner = browser.new_context(bypass_csp=True, viewport=VIEWPORT).new_page()
         partner.goto(f"{live.base}/#key={live.partner}")
-        partner.wait_for_function("() => window.consoleMetrics && window.consoleMetrics.fleetComplete !== null")
+        partner.wait_for_function(
+            "() => window.consoleMetrics && window.consoleMetrics.fleetComplete !== null"
+        )
         assert wait_until(lambda: legend_total(partner) == len(visible), 10), legend_total(partner)
-        envs = partner.eval_on_selector_all(".grid-body .row div:nth-child(5)", "els => els.map(e => e.textContent)")
+        envs = partner.eval_on_selector_all(
+            ".grid-body .row div:nth-child(5)", "els => els.map(e => e.textContent)"
+        )
         assert envs and set(envs) == {"beta"}
         assert "key=" not in partner.url  # the key left the address bar (kept in this tab only)
         hidden = next(d["car_id"] for d in docs if d["car_id"] not in visible)
@@ -193,7 +204,7 @@ def test_sql_examples_answer_from_the_history(live: Live) -> None:
     live.producer.join(timeout=120)
     produced = {}
     for msg in read_topic(s.kafka_bootstrap, s.topic_enriched):
-        doc = orjson.loads(msg.value())
+        doc = orjson.loads(msg.value() or b"{}")
         produced[doc["event_id"]] = doc
     assert produced
     root = Path(s.history_dir or "")
@@ -206,14 +217,17 @@ def test_sql_examples_answer_from_the_history(live: Live) -> None:
             db.close()
 
     assert wait_until(lambda: on_disk() >= len(produced), timeout=60), (on_disk(), len(produced))
-    outliers = [orjson.loads(m.value()) for m in read_topic(s.kafka_bootstrap, s.topic_outliers)]
+    outliers = [orjson.loads(m.value() or b"{}") for m in read_topic(s.kafka_bootstrap, s.topic_outliers)]
     assert outliers, "the simulator's incidents fired"
     written = archive_topic(s.kafka_bootstrap, s.topic_outliers, root, "outliers")
     assert sum(written.values()) == len(outliers)
-    assert sum(archive_topic(s.kafka_bootstrap, s.topic_outliers, root, "outliers").values()) == 0  # idempotent
+    assert (
+        sum(archive_topic(s.kafka_bootstrap, s.topic_outliers, root, "outliers").values()) == 0
+    )  # idempotent
 
     db = HistorySQL(root)
     try:
+
         def rows(name: str, **params: Any) -> list[dict[str, Any]]:
             out: list[dict[str, Any]] = db.arrow(EXAMPLES[name][1], params).to_pylist()
             return out
@@ -249,8 +263,10 @@ def test_sql_examples_answer_from_the_history(live: Live) -> None:
         (other / "broken.parquet").write_bytes(b"not parquet")
         db2 = HistorySQL(root)
         pruned = db2.arrow(EXAMPLES["one-hour"][1], {"date": str(date), "hour": hr}).to_pylist()
-        assert sum(r["events"] for r in pruned) == sum(1 for d in produced.values() if hour(d["ts"]) == (date, hr))
-        with pytest.raises(Exception, match="broken.parquet"):
+        assert sum(r["events"] for r in pruned) == sum(
+            1 for d in produced.values() if hour(d["ts"]) == (date, hr)
+        )
+        with pytest.raises(Exception, match=r"broken\.parquet"):
             db2.arrow("select count(*) from enriched")
         db2.close()
     finally:
@@ -299,13 +315,18 @@ def test_console_with_ten_thousand_vehicles(
     }  # fmt: skip
     fleet.write([cars[5]], t, [inc])
     log = {"status": "delivered", "attempts": 2, "last_error": None, "http_status": 200, "at": t, "job": "j1"}
-    redis.Redis.from_url(redis_url).hset(f"{s.alerts_prefix}log:{inc['incident_id']}", "ops-webhook", orjson.dumps(log))
+    redis.Redis.from_url(redis_url).hset(
+        f"{s.alerts_prefix}log:{inc['incident_id']}", "ops-webhook", orjson.dumps(log)
+    )
     try:
         with api_process(s, tmp_path / "api.log") as base, chromium() as browser:
             # the page under its real content security policy: it runs, nothing is blocked
             strict = browser.new_page(viewport=VIEWPORT)
             violations: list[str] = []
-            strict.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+            strict.on(
+                "console",
+                lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None,
+            )
             strict.goto(f"{base}/#key={key}")
             strict.locator(".grid-body .row").first.wait_for(timeout=20_000)
             assert not violations, violations
@@ -313,13 +334,17 @@ def test_console_with_ten_thousand_vehicles(
 
             page = browser.new_context(bypass_csp=True, viewport=VIEWPORT).new_page()
             page.goto(f"{base}/#key={key}")
-            page.wait_for_function("() => window.consoleMetrics && window.consoleMetrics.fleetComplete !== null",
-                                   timeout=20_000)  # fmt: skip
-            first, complete, n = metric(page, "[consoleMetrics.fleetFirstPaint, consoleMetrics.fleetComplete, consoleMetrics.vehicles]")
+            page.wait_for_function(LOADED, timeout=20_000)
+            first, complete, n = metric(
+                page,
+                "[consoleMetrics.fleetFirstPaint, consoleMetrics.fleetComplete, consoleMetrics.vehicles]",
+            )
             assert n == 10_000 and legend_total(page) == 10_000
             assert page.locator(".grid-body .row").count() < 60  # virtualised: not 10,000 rows in the DOM
             # live: 1,000 cars per batch, 10 batches a second, for 5 s (10,000 state changes per second)
-            page.evaluate("() => { window.consoleMetrics.latencies = []; window.consoleMetrics.updates = 0; }")
+            page.evaluate(
+                "() => { window.consoleMetrics.latencies = []; window.consoleMetrics.updates = 0; }"
+            )
             start = time.monotonic()
             for k in range(50):
                 part = cars[(k % 10) * 1000 : (k % 10 + 1) * 1000]
@@ -330,12 +355,13 @@ def test_console_with_ten_thousand_vehicles(
             )
             lat = sorted(metric(page, "consoleMetrics.latencies"))
             p50, p95 = lat[len(lat) // 2], lat[int(len(lat) * 0.95)]
-            print(f"\n10,000 vehicles: first vehicles drawn {first:.0f} ms, all {complete:.0f} ms after navigation; "
-                  f"live update (state written → drawn) p50 {p50:.0f} ms, p95 {p95:.0f} ms over {len(lat):,} updates")  # fmt: skip
-            (artifact("console-10k-figures.txt")).write_text(
-                f"first_paint_ms={first:.0f}\ncomplete_ms={complete:.0f}\nlive_p50_ms={p50:.0f}\nlive_p95_ms={p95:.0f}\n"
-                f"updates={len(lat)}\n"
+            figures = (
+                f"10,000 vehicles: first vehicles drawn {first:.0f} ms, all {complete:.0f} ms after "
+                f"navigation; live update (state written -> drawn) p50 {p50:.0f} ms, p95 {p95:.0f} ms "
+                f"over {len(lat):,} updates"
             )
+            print("\n" + figures)
+            artifact("console-10k-figures.txt").write_text(figures + "\n")
             page.screenshot(path=str(artifact("console-10k.png")))
             assert complete <= 1000, f"all 10,000 vehicles drawn after {complete:.0f} ms"
             assert p95 <= 500, f"live update p95 {p95:.0f} ms"
@@ -350,9 +376,18 @@ def test_console_with_ten_thousand_vehicles(
             page.get_by_role("heading", name=f"Car {cars[5]}").wait_for()
             deliveries = page.locator(".deliveries tbody tr")
             deliveries.first.wait_for(timeout=10_000)
-            assert "ops-webhook" in deliveries.first.inner_text() and "delivered" in deliveries.first.inner_text()
+            assert (
+                "ops-webhook" in deliveries.first.inner_text()
+                and "delivered" in deliveries.first.inner_text()
+            )
             assert wait_until(
-                lambda: page.eval_on_selector_all("canvas[data-signal]", "cs => cs.filter(c => Number(c.dataset.points || 0) >= 3).length") >= 3,
+                lambda: (
+                    page.eval_on_selector_all(
+                        "canvas[data-signal]",
+                        "cs => cs.filter(c => Number(c.dataset.points || 0) >= 3).length",
+                    )
+                    >= 3
+                ),
                 10,
             )
             page.screenshot(path=str(artifact("console-10k-vehicle.png")), full_page=True)
