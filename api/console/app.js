@@ -192,7 +192,8 @@ function feedItem(inc, live) {
   if (existing) existing.replaceWith(li); else feed.prepend(li);
   while (feed.children.length > FEED_MAX) feed.lastChild.remove();
   if (live && !(inc.incident_id in metrics.feedShown)) metrics.feedShown[inc.incident_id] = performance.timeOrigin + performance.now();
-  $("feed-count").textContent = `${model.active.size} vehicles with firing incidents`;
+  const n = model.active.size;
+  $("feed-count").textContent = `${n} ${n === 1 ? "vehicle" : "vehicles"} with firing incidents`;
 }
 
 function route() {
