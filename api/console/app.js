@@ -86,18 +86,30 @@ function start() {
 }
 
 async function load() {
-  const firing = api.pages("/v1/incidents", { status: "firing", limit: 500 }, (items) => items.forEach((i) => model.incident(i)), 20);
+  // vehicles, firing incidents and the feed's newest incidents load side by side; the map is drawn as
+  // soon as the first (small) page of vehicles is in
+  const firing = api.pages("/v1/incidents", { status: "firing", limit: 500 }, (items) => {
+    items.forEach((i) => model.incident(i));
+    dirty = tableDirty = true;
+  }, 20);
   const recent = api.get("/v1/incidents", { limit: 50 }).then((p) => p.items.reverse().forEach((i) => feedItem(i, false)));
   let first = true;
-  await Promise.all([firing, recent.catch(() => null)]);
-  await api.pages("/v1/vehicles", { view: "summary", limit: 500 }, (items, next) => {
+  const vehicles = api.pages("/v1/vehicles", { view: "summary", limit: 500 }, (items, next) => {
     next.limit = 5000; // a small first page paints soon; then few, large pages
     for (const s of items) model.put(fromSummary(s));
     dirty = tableDirty = true;
     if (first) { first = false; map.draw(); metrics.fleetFirstPaint = performance.now(); }
   });
+  try {
+    await Promise.all([vehicles, firing, recent.catch(() => null)]);
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 401) return signOut(); // revoked or expired meanwhile
+    $("conn").textContent = `could not load the fleet: ${e.message}`;
+    return;
+  }
   map.draw();
   table.rebuild();
+  counts();
   metrics.fleetComplete = performance.now();
   metrics.vehicles = model.cars.size;
   options();
@@ -153,8 +165,9 @@ function counts() {
     if (b) b.textContent = c[st].toLocaleString();
   }
   $("fleet-clock").textContent = model.clock ? `fleet clock ${timeText(model.clock)}` : "";
-  $("map").setAttribute("aria-label", `Fleet map of ${model.cars.size.toLocaleString()} vehicles: ` +
-    STATES.map((s) => `${c[s]} ${s}`).join(", ") + ". Arrow keys highlight a vehicle.");
+  map.summary = `Fleet map of ${model.cars.size.toLocaleString()} vehicles: ` +
+    STATES.map((s) => `${c[s]} ${s}`).join(", ") + ". Arrow keys highlight a vehicle.";
+  map.label();
 }
 
 function legend() {

@@ -78,6 +78,7 @@ export class MapView {
     this.shown = shown; // Set of states drawn
     this.points = []; // [x, y, rec] of the last draw, for hit tests
     this.focus = null; // highlighted vehicle (keyboard)
+    this.summary = ""; // the fleet's counts, for the map's text
     this.box = null;
     canvas.addEventListener("click", (e) => { const hit = this.hit(e); if (hit) onOpen(hit.id); });
     canvas.addEventListener("mousemove", (e) => this.hover(e));
@@ -207,9 +208,15 @@ export class MapView {
   }
 
   announce() {
+    this.label();
+  }
+
+  /** The map's text: what is highlighted (keyboard), then the counts (``summary``, set by the page). */
+  label() {
     const r = this.focus;
-    this.canvas.setAttribute("aria-label", `Fleet map. Highlighted: car ${r.id}, ${r.plate}, ${r.model}, ` +
-      `${this.model.state(r)}. Press Enter to open it.`);
+    const focus = r ? `Fleet map. Highlighted: car ${r.id}, ${r.plate}, ${r.model}, ${this.model.state(r)}. ` +
+      "Press Enter to open it. " : "";
+    this.canvas.setAttribute("aria-label", focus + (this.summary || ""));
   }
 }
 
