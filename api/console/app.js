@@ -8,6 +8,7 @@ import { VehiclePage, h } from "./vehicle.js";
 
 const $ = (id) => document.getElementById(id);
 const FEED_MAX = 100;
+const REFUSED = "This key is not valid (unknown, revoked or expired).";
 // Figures a test (or a curious operator) can read: window.consoleMetrics
 const metrics = (window.consoleMetrics = {
   fleetFirstPaint: null, fleetComplete: null, vehicles: 0, latencies: [], updates: 0, feedShown: {}, events: 0,
@@ -25,8 +26,9 @@ function signedIn(k) {
   start();
 }
 
-function signOut() {
+function signOut(reason) {
   sessionStorage.removeItem("fleet-key");
+  if (reason) sessionStorage.setItem("fleet-reason", reason);
   location.hash = "#/";
   location.reload();
 }
@@ -39,8 +41,10 @@ async function boot() {
     history.replaceState(null, "", location.pathname + location.search + "#/");
   }
   const stored = sessionStorage.getItem("fleet-key");
-  if (stored && (await check(stored))) return signedIn(stored);
+  if (stored) return signedIn(stored); // a refused key signs out again, with the reason (see load)
   $("login").hidden = false;
+  $("login-error").textContent = sessionStorage.getItem("fleet-reason") || "";
+  sessionStorage.removeItem("fleet-reason");
   $("key-input").focus();
   $("login-form").addEventListener("submit", async (e) => {
     e.preventDefault();
@@ -56,7 +60,7 @@ async function check(k, report = false) {
     return true;
   } catch (e) {
     if (report) $("login-error").textContent = e instanceof ApiError && e.status === 401
-      ? "This key is not valid (unknown, revoked or expired)." : `The server did not answer: ${e.message}`;
+      ? REFUSED : `The server did not answer: ${e.message}`;
     return false;
   }
 }
@@ -79,7 +83,7 @@ function start() {
   stream = new EventStream("/v1/events", key, {
     onEvent: (type, data) => { metrics.events++; if (ready) handle(type, data); else pending.push([type, data]); },
     onStatus: (s) => { const c = $("conn"); c.textContent = s === "live" ? "live" : "reconnecting …"; c.className = `conn ${s === "live" ? "live" : "down"}`; },
-    onFatal: () => signOut(),
+    onFatal: () => signOut(REFUSED),
   });
   load();
   requestAnimationFrame(frame);
@@ -103,7 +107,7 @@ async function load() {
   try {
     await Promise.all([vehicles, firing, recent.catch(() => null)]);
   } catch (e) {
-    if (e instanceof ApiError && e.status === 401) return signOut(); // revoked or expired meanwhile
+    if (e instanceof ApiError && e.status === 401) return signOut(REFUSED);
     $("conn").textContent = `could not load the fleet: ${e.message}`;
     return;
   }

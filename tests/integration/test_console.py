@@ -193,6 +193,11 @@ def test_console_on_the_running_pipeline(live: Live) -> None:
         hidden = next(d["car_id"] for d in docs if d["car_id"] not in visible)
         partner.goto(f"{live.base}/#/vehicles/{hidden}")
         partner.get_by_text("No such vehicle, or not visible with this key.").wait_for()
+        # a link with a key that is not valid lands on the sign-in form, saying so
+        bad = browser.new_context(bypass_csp=True, viewport=VIEWPORT).new_page()
+        bad.goto(f"{live.base}/#key=fe_000000000000_notakey")
+        bad.get_by_role("alert").filter(has_text="not valid").wait_for(timeout=10_000)
+        assert bad.get_by_label("API key", exact=True).is_visible()
         assert not errors, errors
 
 
