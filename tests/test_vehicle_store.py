@@ -287,6 +287,10 @@ def test_recent_signal_series_is_bounded_sampled_and_replay_safe(store: Store) -
             "Vehicle.LowVoltageBattery.CurrentVoltage": {"value": 12.5, "ts": 1, "seq": 1, "device_id": "d7"},
             "Vehicle.Body.Lights.Beam.Low.IsOn": {"value": True, "ts": 1, "seq": 1, "device_id": "d7"},
         }
+        if i % 3 == 1:  # the flow's stored record: values and stamps maps instead of signal objects
+            sig = d.pop("signals")
+            d["values"] = {k: v["value"] for k, v in sig.items()}
+            d["stamps"] = {k: [v["ts"], v["seq"], v["device_id"]] for k, v in sig.items()}
         return d
 
     n = 3 * SERIES_POINTS + 30  # 10 s of event time per batch: a sample every third batch
@@ -308,3 +312,10 @@ def test_recent_signal_series_is_bounded_sampled_and_replay_safe(store: Store) -
     since = times[-10]
     assert parse_series(run(store.reader.series(7)), SERIES_SIGNALS, since)[0] == times[-10:]
     assert run(store.reader.series(8)) == []
+    # the overview's summary, from either form of the document
+    for i in (n - 2, n - 1):  # a stored record, then a vehicle-state.v1 document
+        store.writer.write_batch(writes([doc(i)]))
+        page = run(store.reader.list_vehicles(VehicleQuery(), None, None, 10, summary=True))
+        summary = orjson.loads(page.items[0])
+        assert (summary["car_id"], summary["speed"], summary["version"]) == (7, float(i), i)
+        assert "signals" not in summary and summary["fleet"] == car_row(7)["fleet"]
