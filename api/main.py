@@ -36,7 +36,7 @@ from enrich.rules.model import load_rules
 from enrich.settings import Settings, get_settings
 from enrich.tables import load_tables
 from stores.apikeys import RedisApiKeyStore
-from stores.redis_client import api_client
+from stores.redis_client import API_SOCKET_TIMEOUT_S, RETRY_ON, api_client
 from stores.snapshot_reader import AsyncSnapshotReader
 from stores.vehicles.redis_reader import RedisVehicleReader
 
@@ -49,6 +49,26 @@ async def _cursor_secret(client: aioredis.Redis, prefix: str) -> bytes:
     await client.set(key, secrets.token_hex(32), nx=True)
     value: Any = await client.get(key)
     return bytes(value)
+
+
+BROKER_SOCKET_TIMEOUT_S = 15.0
+
+
+def _broker_client(s: Settings) -> aioredis.Redis:
+    """The event broker's own connection. Its XREAD blocks up to a second, so on a loaded machine a read
+    can outlast the API's 2 s command timeout; a spurious timeout there (then retries, then the broker's
+    back-off) held every open event stream back by seconds. Requests keep the short timeout."""
+    from redis.asyncio.retry import Retry as AsyncRetry
+    from redis.backoff import ExponentialWithJitterBackoff
+
+    retry = AsyncRetry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 2, RETRY_ON)  # type: ignore[arg-type]
+    return aioredis.Redis.from_url(
+        s.redis_url,
+        retry=retry,
+        retry_on_error=list(RETRY_ON),
+        socket_timeout=BROKER_SOCKET_TIMEOUT_S,
+        socket_connect_timeout=API_SOCKET_TIMEOUT_S,
+    )
 
 
 @asynccontextmanager
@@ -68,13 +88,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         rules=load_rules(s.rules_file),
         metrics=app.state.metrics,
     )
-    svc.broker = Broker(svc.vehicles, svc.policies)
+    stream_client = _broker_client(s)
+    svc.broker = Broker(RedisVehicleReader(stream_client, s.state_prefix), svc.policies)
     await svc.broker.start()
     app.state.services = svc
     try:
         yield
     finally:
         await svc.broker.stop()
+        await stream_client.aclose()
         await client.aclose()
 
 

@@ -92,10 +92,10 @@ class Broker:
         while True:
             try:
                 changes = await self.reader.changes(self.position, count=200, block_ms=self.block_ms)
-                for change in changes:
-                    if self.groups:
-                        await self._dispatch(change)
-                    self.position = change.id
+                if changes and self.groups:
+                    await self._dispatch(changes)
+                if changes:
+                    self.position = changes[-1].id
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis away: keep trying, clients stay connected
@@ -141,33 +141,45 @@ class Broker:
             return False
         return self.policies.decide(interest.key, action, tags)  # type: ignore[arg-type]
 
-    async def _docs_for(
-        self, interests: list[Interest], change: Change, classes: dict[str, Tags]
-    ) -> dict[int, bytes]:
+    def _wanted(self, interests: list[Interest], change: Change, classes: dict[str, Tags]) -> set[int]:
         wanted: set[int] = set()
         for interest in interests:
             action = "vehicles:Get" if interest.car_id is not None else "vehicles:List"
             for car, _v, cid in change.states:
                 if car not in wanted and self._wants(interest, car, cid, action, classes):
                     wanted.add(car)
-        return await self.reader.docs(sorted(wanted))
+        return wanted
 
-    async def _dispatch(self, change: Change) -> None:
+    async def _docs_for(
+        self, interests: list[Interest], change: Change, classes: dict[str, Tags]
+    ) -> dict[int, bytes]:
+        return await self.reader.docs(sorted(self._wanted(interests, change, classes)))
+
+    async def _dispatch(self, changes: list[Change]) -> None:
+        """Hand the entries of one read to every group. The class registry and the documents are fetched
+        once for all the entries of the read (two round trips, however many entries: a busy flow writes
+        many small entries, and a round trip per entry let a loaded API fall seconds behind); each car's
+        document is its newest."""
         groups = list(self.groups.items())
-        classes = await self.reader.classes()  # once per entry (a new class is seen at once: registry size)
-        docs = await self._docs_for([i for i, _ in groups], change, classes)
-        for interest, clients in groups:
-            text = await self.render(interest, change, docs, classes)
-            if not text:
-                continue
-            for client in list(clients):
-                try:
-                    client.queue.put_nowait((change.id, text))
-                except asyncio.QueueFull:
-                    self.overflows += 1
-                    clients.discard(client)
-                    client.queue = asyncio.Queue(1)
-                    client.queue.put_nowait(None)  # tells the client's stream to end
+        classes = await self.reader.classes()  # a new class is seen at once (registry size)
+        interests = [i for i, _ in groups]
+        wanted: set[int] = set()
+        for change in changes:
+            wanted |= self._wanted(interests, change, classes)
+        docs = await self.reader.docs(sorted(wanted))
+        for change in changes:
+            for interest, clients in groups:
+                text = await self.render(interest, change, docs, classes)
+                if not text:
+                    continue
+                for client in list(clients):
+                    try:
+                        client.queue.put_nowait((change.id, text))
+                    except asyncio.QueueFull:
+                        self.overflows += 1
+                        clients.discard(client)
+                        client.queue = asyncio.Queue(1)
+                        client.queue.put_nowait(None)  # tells the client's stream to end
 
     # -- one client ------------------------------------------------------------------------------------
     async def stream(

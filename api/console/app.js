@@ -11,7 +11,7 @@ const FEED_MAX = 100;
 const REFUSED = "This key is not valid (unknown, revoked or expired).";
 // Figures a test (or a curious operator) can read: window.consoleMetrics
 const metrics = (window.consoleMetrics = {
-  fleetFirstPaint: null, fleetComplete: null, vehicles: 0, latencies: [], updates: 0, feedShown: {}, events: 0,
+  fleetFirstPaint: null, fleetComplete: null, vehicles: 0, latencies: [], updates: 0, feedShown: {}, feedWritten: {}, events: 0, reconnects: 0,
 });
 
 let api = null, key = null, model = null, map = null, table = null, vehicle = null, stream = null;
@@ -81,8 +81,8 @@ function start() {
   route();
   // live first (events are held until the first load is done, so nothing falls between the two)
   stream = new EventStream("/v1/events", key, {
-    onEvent: (type, data) => { metrics.events++; if (ready) handle(type, data); else pending.push([type, data]); },
-    onStatus: (s) => { const c = $("conn"); c.textContent = s === "live" ? "live" : "reconnecting …"; c.className = `conn ${s === "live" ? "live" : "down"}`; },
+    onEvent: (type, data, id) => { metrics.events++; if (ready) handle(type, data, id); else pending.push([type, data, id]); },
+    onStatus: (s) => { if (s !== "live") metrics.reconnects++; const c = $("conn"); c.textContent = s === "live" ? "live" : "reconnecting …"; c.className = `conn ${s === "live" ? "live" : "down"}`; },
     onFatal: () => signOut(REFUSED),
   });
   load();
@@ -118,15 +118,17 @@ async function load() {
   metrics.vehicles = model.cars.size;
   options();
   ready = true;
-  for (const [type, data] of pending) handle(type, data);
+  for (const [type, data, id] of pending) handle(type, data, id);
   pending = [];
 }
 
-function handle(type, data) {
+function handle(type, data, id) {
   if (type === "state") {
     if (apply(fromDoc(data)) && data.updated_at) frameLatencies.push(data.updated_at);
   } else if (type === "incident") {
     model.incident(data);
+    // the event id starts with the change stream's entry id: the ms the incident was written to the store
+    if (id && !(data.incident_id in metrics.feedWritten)) metrics.feedWritten[data.incident_id] = parseInt(id, 10);
     feedItem(data, true);
     dirty = tableDirty = true;
   } else if (type === "reset") {
