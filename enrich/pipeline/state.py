@@ -492,8 +492,15 @@ class StateCore:
                 rec = cs.record()
                 body = orjson.dumps(rec)
                 out.states[car_id] = body
-                # what the vehicle store's indexes read (the record's maps go on changing with the car)
-                out.docs[car_id] = {k: rec[k] for k in ("car", "last_seen", "location", "version")}
+                # what the vehicle store reads besides the bytes (indexes, the signal series), as of now:
+                # the record's maps go on changing with the car while the store's writer thread works
+                out.docs[car_id] = {
+                    "car": rec["car"],
+                    "last_seen": rec["last_seen"],
+                    "location": rec["location"],
+                    "version": rec["version"],
+                    "values": dict(rec["values"]),
+                }
                 docs[car_id] = body
         self._unsnapped |= touched
         self.encode_s += time.thread_time() - start
