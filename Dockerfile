@@ -47,7 +47,7 @@ RUN groupadd --system --gid 10001 enrich \
 USER enrich
 WORKDIR /home/enrich
 
-# HTTP API (`enrich api`); flow workers serve Prometheus metrics on ENRICH_METRICS_PORT (9464).
+# HTTP API (`enrich api`); flow workers serve Prometheus metrics (snapshot 9464, enrich 9465).
 EXPOSE 8000
 
 # One check for every service of this image: `enrich health auto` finds the enrich command running in the

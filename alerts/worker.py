@@ -34,6 +34,7 @@ from alerts.render import customer_email_of, email_content, message_id, selected
 from connectors.health import monitor
 from connectors.kafka_config import consumer_config
 from connectors.kafka_writer import UNREACHABLE
+from connectors.progress import ConsumerLag
 from enrich.rules.model import parse_duration
 from enrich.settings import Settings
 from stores.redis_client import redis_client, stop_retrying
@@ -125,6 +126,7 @@ class AlertsWorker:
             password=settings.smtp_password,
         )
         self.stop = threading.Event()
+        self.lag = ConsumerLag(None, [])
 
     # -- consuming and dispatching ---------------------------------------------------------------------
     def _on_client_error(self, err: KafkaError) -> None:
@@ -153,7 +155,9 @@ class AlertsWorker:
                     raise KafkaException(meta.error if meta is not None and meta.error else "no partitions")
                 since = int(time.time() * 1000) - self.options.lookback_ms
                 wanted = [TopicPartition(topic, p, since) for p in meta.partitions]
-                consumer.assign(consumer.offsets_for_times(wanted, timeout=10))
+                starts = consumer.offsets_for_times(wanted, timeout=10)
+                consumer.assign(starts)
+                self.lag = ConsumerLag(consumer, starts)  # input lag for `enrich status` and metrics
                 health.recovered()
                 return consumer
             except KafkaException as exc:
@@ -183,7 +187,9 @@ class AlertsWorker:
         health = monitor("kafka")
         try:
             while not self.stop.is_set():
-                for msg in consumer.consume(500, self.options.tick_s):
+                messages = consumer.consume(500, self.options.tick_s)
+                self.lag.observe(messages)
+                for msg in messages:
                     err = msg.error()
                     if err is not None:
                         if err.code() in UNREACHABLE:

@@ -54,34 +54,41 @@ def _silences() -> SilenceStore:
 
 @alerts_app.command("run")
 def run(
-    metrics_port: Annotated[int, typer.Option(help="Serve Prometheus metrics on this port (0 = off)")] = 0,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Prometheus metrics port (0 = off; default 9466, see ENRICH_METRICS_PORT_BASE)"),
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(envvar="ENRICH_METRICS_HOST")] = "127.0.0.1",
 ) -> None:
     """Consume the outliers topic and deliver notifications until stopped (SIGTERM/SIGINT stop cleanly).
-    Waits through Kafka and Redis outages; exits non-zero only on a configuration error (exit 78)."""
+    Waits through Kafka and Redis outages; a configuration error stops it with one line (exit 78)."""
     import signal
 
     from alerts.errors import AlertsError
     from alerts.worker import AlertsWorker
-    from stack.supervisor import EXIT_CONFIG
+    from cli import startup
+    from cli.flows import run_worker
+    from stack.registry import kafka_probe
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    command = "alerts run"
+    s = startup.load_settings(command)
+    reg = startup.register(s, "alerts", ["alerts", "run"], probe=kafka_probe)
     try:
         config = _config()
     except (AlertsError, OSError, yaml.YAMLError) as exc:
-        console.print(f"[red]alerts configuration:[/red] {exc}", highlight=False)
-        raise typer.Exit(EXIT_CONFIG) from exc
-    if metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(metrics_port, addr="127.0.0.1")
-    worker = AlertsWorker(get_settings(), config)
+        startup.cannot_start(command, f"alerts configuration: {startup.one_line(exc)}", startup.EXIT_CONFIG,
+                             reg)  # fmt: skip
+    port = s.metrics_port_for("alerts") if metrics_port is None else metrics_port
+    url = startup.serve_metrics(command, port, metrics_host, reg)
+    worker = AlertsWorker(s, config)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: worker.stop.set())
-    s = get_settings()
     logging.getLogger("alerts").info("alerts worker: %d receivers, outliers from %s on %s, state in %s",
                                      len(config.receivers), s.topic_outliers, s.kafka_bootstrap,
                                      s.redis_url)  # fmt: skip
-    worker.run()
+    reg.running(metrics_url=url)
+    run_worker(command, reg, worker.run, expected={})
 
 
 @alerts_app.command("check")

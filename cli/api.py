@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -16,8 +17,11 @@ from rich.console import Console
 from rich.table import Table
 
 from enrich.rules.model import RuleError, parse_duration
-from enrich.settings import get_settings
+from enrich.settings import Settings, get_settings
 from stores.apikeys import RedisApiKeyStore
+
+if TYPE_CHECKING:
+    from stack.registry import Sample
 
 api_app = typer.Typer(
     help="The HTTP API: serve it, manage its API keys, check its access policies.",
@@ -40,31 +44,82 @@ def serve(
         int, typer.Option(min=1, max=64, help="Server processes (each its own Redis client)")
     ] = 1,
 ) -> None:
-    """Serve the HTTP API (when no subcommand is given). Refuses to start on an invalid policy file."""
+    """Serve the HTTP API (when no subcommand is given); /metrics on the same port. Refuses to start with one
+    line on an invalid policy file or settings (exit 78) or a port in use (exit 69)."""
     if ctx.invoked_subcommand is not None:
         return
+    import threading
+
     import uvicorn
 
     from api.main import create_app
     from api.policy import PolicyError
+    from cli import startup
 
-    settings = get_settings()
+    settings = startup.load_settings("api")
+    bind_host, bind_port = host or settings.api_host, port if port is not None else settings.api_port
+    # uvicorn stops gracefully on SIGTERM, then raises the signal again: the heartbeat goes on that second one
+    reg = startup.register(settings, "api", sys.argv[1:] or ["api"], name="api", handle_sigterm=True)
     try:
         app = create_app(settings)
     except PolicyError as exc:
-        console.print(f"[red]refusing to start:[/] {exc}")
-        raise typer.Exit(2) from exc
+        startup.cannot_start("api", f"access policies: {exc}", startup.EXIT_CONFIG, reg)
+    startup.check_port("api", bind_host, bind_port, "HTTP port", reg)
+    _wait_for_redis(settings)
+    url = f"http://{'127.0.0.1' if bind_host in ('0.0.0.0', '::', '') else bind_host}:{bind_port}"
     if workers > 1:  # the policies were validated above; every worker builds its app from the environment
-        uvicorn.run("api.main:create_app", factory=True, workers=workers, host=host or settings.api_host,
-                    port=port or settings.api_port, log_level="warning", access_log=False)  # fmt: skip
+        reg.running(url=url, metrics_url=f"{url}/metrics")
+        uvicorn.run("api.main:create_app", factory=True, workers=workers, host=bind_host, port=bind_port,
+                    log_level="warning", access_log=False)  # fmt: skip
+        reg.close()
         return
-    uvicorn.run(
-        app,
-        host=host or settings.api_host,
-        port=port or settings.api_port,
-        log_level="warning",
-        access_log=False,
+    reg.probe = lambda: _requests(app.state.metrics)
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=bind_host, port=bind_port, log_level="warning", access_log=False)
     )
+
+    def registered_once_serving() -> None:
+        while not server.started and not server.should_exit:
+            time.sleep(0.05)
+        if server.started:
+            reg.running(url=url, metrics_url=f"{url}/metrics")
+
+    threading.Thread(target=registered_once_serving, daemon=True).start()
+    try:
+        server.run()
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn stopped cleanly, then raised it again
+        reg.close()
+        raise typer.Exit(130) from None
+    except SystemExit as exc:  # uvicorn gave up while starting (it logged why just above)
+        code = exc.code if isinstance(exc.code, int) else 1
+        why = f"the server stopped while starting on {bind_host}:{bind_port} (exit {code})"
+        startup.cannot_start("api", why, startup.EXIT_UNAVAILABLE, reg)
+    reg.close()
+
+
+def _wait_for_redis(settings: Settings) -> None:
+    """Like every worker, wait for Redis at start (one warning line, then one every 15 s) instead of failing:
+    the API's start-up reads from it."""
+    from stores.redis_client import redis_client
+
+    client = redis_client(settings)
+    try:
+        client.ping()
+    finally:
+        client.close()
+
+
+def _requests(metrics: Any) -> Sample:
+    """Requests served so far, for the heartbeat's throughput."""
+    from stack.registry import Sample
+
+    total = sum(
+        sample.value
+        for family in metrics.requests.collect()
+        for sample in family.samples
+        if sample.name.endswith("_total")
+    )
+    return Sample(int(total), {}, unit="requests/s")
 
 
 def _store() -> tuple[RedisApiKeyStore, aioredis.Redis]:
@@ -119,7 +174,7 @@ def keys_create(
     if json_out:
         print(orjson.dumps({**public, "key": token}).decode())
         return
-    Console(stderr=True).print(
+    Console(stderr=True, soft_wrap=True).print(
         f"key {public['id']} for {name}, tags {tags or '{}'}; store it now, it is not shown again:"
     )
     print(token)

@@ -87,56 +87,84 @@ def _events(settings: Settings, base: str, token: str, n: int) -> list[tuple[str
     return out
 
 
-def show_api(settings: Settings, console: Console, base: str) -> None:
+def show_vehicle(console: Console, base: str, token: str, car: int) -> None:
+    """One vehicle through the API, as a client reads it: 200 with its ETag, then 304 for If-None-Match."""
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}) as http:
+        first = http.get(f"/v1/vehicles/{car}")
+        etag = first.headers.get("etag", "")
+        again = http.get(f"/v1/vehicles/{car}", headers={"If-None-Match": etag}) if etag else None
+    console.print(f"  $ curl -si -H 'Authorization: Bearer …' {base}/v1/vehicles/{car}", highlight=False,
+                  markup=False)  # fmt: skip
+    console.print(f"  {first.status_code} {first.reason_phrase}  ETag: {etag or '-'}", highlight=False,
+                  markup=False)  # fmt: skip
+    if first.status_code == 200:
+        body = first.json()
+        signals = body.get("signals") or {}
+        shown = {
+            "car_id": body["car_id"],
+            "car": {k: (body.get("car") or {}).get(k) for k in ("model", "fleet", "environment", "stage")},
+            "reservation": {
+                k: (body.get("reservation") or {}).get(k) for k in ("reservation_id", "customer_email")
+            },
+            "last_seen": body.get("last_seen"),
+            "location": body.get("location"),
+            "signals": {k: signals[k]["value"] for k in list(signals)[:4]} | {"…": f"{len(signals)} signals"},
+            "active_incidents": [i["rule_id"] for i in body.get("active_incidents") or []],
+            "version": body.get("version"),
+        }
+        console.print_json(orjson.dumps(shown).decode())
+    if again is not None:
+        console.print(f"  again with If-None-Match: {etag} -> {again.status_code} {again.reason_phrase} "
+                      "(nothing changed: no body)", highlight=False, markup=False)  # fmt: skip
+
+
+def show_api(settings: Settings, console: Console, base: str, car: int | None) -> dict[str, str]:
+    """Keys made with the CLI, one vehicle with its ETag, what each key sees, events. Returns the keys."""
     console.rule(f"HTTP API v1 at {base} (OpenAPI: {base}/docs)")
     ops = _key(console, "ops", "role=ops")
     partner = _key(console, "partner-beta", "environment=beta")
-    table = Table("key", "listed", "environments", "stages", "incidents", "prod car", "prod silence")
-    prod_car: int | None = None
+    if car is not None:
+        show_vehicle(console, base, ops, car)
     with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {ops}"}) as http:
         every = _all(http)
         prod_car = next((v["car_id"] for v in every if (v["car"] or {}).get("environment") == "prod"), None)
-    for name, token in (("ops", ops), ("partner", partner)):
+    seen: dict[str, list[str]] = {"vehicles listed": [], "environments": [], "stages": [], "incidents": [],
+                                  f"GET prod car {prod_car}": [], "POST silence for prod": []}  # fmt: skip
+    for token in (ops, partner):
         with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}) as http:
             items = _all(http)
             envs = Counter((v["car"] or {}).get("environment", "?") for v in items)
             stages = Counter((v["car"] or {}).get("stage", "?") for v in items)
             incidents = len(http.get("/v1/incidents", params={"limit": 500}).json()["items"])
-            car = http.get(f"/v1/vehicles/{prod_car}").status_code if prod_car is not None else 0
+            car_status = http.get(f"/v1/vehicles/{prod_car}").status_code if prod_car is not None else 0
             body = {
                 "matchers": ['environment="prod"', 'alertname="headlights-left-on"'],
                 "duration": "1h",
                 "comment": "demo",
             }
             silence = http.post("/v1/silences", json=body).status_code
-            table.add_row(
-                name,
-                f"{len(items):,}",
-                ", ".join(f"{k} {v}" for k, v in envs.items()),
-                ", ".join(f"{k} {v}" for k, v in stages.items()),
-                str(incidents),
-                str(car),
-                str(silence),
-            )
+        for row, value in zip(seen, [f"{len(items):,}", ", ".join(f"{k} {v}" for k, v in envs.items()),
+                                     ", ".join(f"{k} {v}" for k, v in stages.items()), str(incidents),
+                                     str(car_status), str(silence)], strict=True):  # fmt: skip
+            seen[row].append(value)
+    table = Table("", "ops (role=ops)", "partner (environment=beta)", title="what each key sees")
+    for row, (a, b) in seen.items():
+        table.add_row(row, a, b)
     console.print(table)
-    console.print(
-        f"  ops: role=ops; partner: environment=beta. prod car = GET /v1/vehicles/{prod_car}; prod silence = "
-        'POST /v1/silences with environment="prod"',
-        highlight=False,
-    )
     console.print(
         "  the partner sees only beta vehicles not at stage prod (the seed's policies; ops may do "
         "everything); a hidden vehicle answers 404, like a missing one",
         highlight=False,
     )
-    for eid, kind, car in _events(settings, base, partner, 4):
-        console.print(
-            f"  SSE /v1/events (partner, resumed with Last-Event-ID): id {eid}  {kind:<8} car {car}",
-            highlight=False,
-        )
+    events = _events(settings, base, partner, 4)
+    if events:
+        console.print("  GET /v1/events (server-sent events; partner key, resumed with Last-Event-ID):")
+    for eid, kind, car_id in events:
+        console.print(f"    id {eid}  {kind:<8} car {car_id}", highlight=False)
     console.print(
         f'  try it: curl -H "Authorization: Bearer {partner}" "{base}/v1/vehicles?environment=beta&limit=3"',
         highlight=False,
         markup=False,
         emoji=False,
     )
+    return {"ops": ops, "partner": partner}

@@ -82,7 +82,7 @@ def run_flatten_demo(
     if not r1 or not r2:
         console.print(f"[red]flatten failed (exit {code1}, {code2}); see {log}[/red]")
         return
-    tables = Table("table", "rows after batch 1", "rows after batch 2", title=f"Parquet tables under {out}")
+    tables = Table("table", "rows: batch 1", "+ batch 2", title=f"Parquet tables under {out}")
     for name in sorted(set(r1["tables"]) | set(r2["tables"])):
         a, b = r1["tables"].get(name, 0), r2["tables"].get(name, 0)
         tables.add_row(name, f"{a:,}", f"{a + b:,}")
@@ -92,19 +92,12 @@ def run_flatten_demo(
         f"batch 2: exit {code2} (3 = completed with drift), "
         f"schema v{r2['schema_version_before']} -> v{r2['schema_version_after']}"
     )
-    drift = Table("path", "change", "old", "new", "example", "first seen", "policy", title="drift in batch 2")
+    drift = Table("path", "change", "type", "example", "policy", "first seen", title="drift in batch 2")
     for f in r2["drift"]:
         seen = f["first_seen"] or {}
         where = f"{Path(seen['file']).name}:{seen['line']}" if seen else "-"
-        drift.add_row(
-            f["path"],
-            f["change"],
-            f["old_type"] or "-",
-            f["new_type"] or "-",
-            json.dumps(f["example"]),
-            where,
-            f["policy"],
-        )
+        types = f"{f['old_type'] or '-'} -> {f['new_type'] or '-'}"
+        drift.add_row(f["path"], f["change"], types, json.dumps(f["example"]), f["policy"], where)
     console.print(drift)
     console.print(
         f"  query them: duckdb -c \"select count(*) from read_parquet('{out}/trips/**/*.parquet', "

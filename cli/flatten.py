@@ -19,16 +19,16 @@ from typing import Annotated, Any
 
 import orjson
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from cli.console import CliConsole
 from cli.flows import flow_app
 from enrich.errors import EnrichError
 from enrich.settings import Settings, get_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_DRIFT, EXIT_REJECTED, EXIT_BOTH = 0, 1, 2, 3, 4, 5
-console = Console(soft_wrap=True, stderr=False)
+console = CliConsole(soft_wrap=True, stderr=False)  # tables fold cleanly on a narrow terminal
 
 
 def exit_code(report: dict[str, Any]) -> int:
@@ -202,8 +202,21 @@ def _run_workers(plan: Any, settings: Settings) -> None:
     logs.mkdir(parents=True, exist_ok=True)
     procs = []
     for i in range(n):
-        cmd = [sys.executable, "-m", "cli.main", "flow", "flatten", "--plan", str(plan.path), "-i", str(i),
-               "-a", addresses]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "cli.main",
+            "flow",
+            "flatten",
+            "--plan",
+            str(plan.path),
+            "-i",
+            str(i),
+            "-a",
+            addresses,
+            "--metrics-port",
+            "0",
+        ]  # fmt: skip  (this run's own workers: no metrics)
         with open(logs / f"worker-{i}.log", "ab") as log:
             env = {**os.environ, **settings.as_env()}
             procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env))
@@ -322,17 +335,31 @@ def flow_flatten(
     ],
     process_id: Annotated[int | None, typer.Option("--process-id", "-i")] = None,
     addresses: Annotated[str | None, typer.Option("--addresses", "-a")] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="Prometheus metrics port (0 = off; default: the kind's, 9467 + 10 x -i)"),
+    ] = None,
+    metrics_host: Annotated[str, typer.Option(envvar="ENRICH_METRICS_HOST")] = "127.0.0.1",
 ) -> None:
     """One worker of a flatten run: its share of the plan's files → staged tables (bytewax, no recovery:
     a run that fails is simply run again)."""
+    from cli import startup
+    from cli.flows import run_worker
     from flows.flatten import build_flow
     from flows.flatten_job import Plan
     from flows.runner import RunOptions, run
 
-    plan = Plan.load(plan_path)
-    run(
-        build_flow(plan),
-        RunOptions(
-            recovery_dir=None, process_id=process_id, addresses=addresses.split(";") if addresses else None
-        ),
+    command = "flow flatten"
+    settings = startup.load_settings(command)
+    reg = startup.register(settings, "flow-flatten", sys.argv[1:] or ["flow", "flatten"],
+                           process_id=process_id, handle_sigterm=True)  # fmt: skip
+    try:
+        plan = Plan.load(plan_path)
+    except (OSError, ValueError, KeyError) as exc:
+        startup.cannot_start(command, f"plan {plan_path}: {startup.one_line(exc)}", startup.EXIT_CONFIG, reg)
+    port = settings.metrics_port_for("flow-flatten", process_id) if metrics_port is None else metrics_port
+    reg.running(metrics_url=startup.serve_metrics(command, port, metrics_host, reg))
+    options = RunOptions(
+        recovery_dir=None, process_id=process_id, addresses=addresses.split(";") if addresses else None
     )
+    run_worker(command, reg, lambda: run(build_flow(plan), options), expected={})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -10,7 +11,7 @@ import orjson
 import typer
 
 from cli.recovery import recovery_app
-from enrich.settings import Settings, get_settings
+from enrich.settings import Settings, WorkerKind, get_settings
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from bytewax.dataflow import Dataflow
 
     from flows.runner import RunOptions
+    from stack.registry import Registration
     from stores.redis_snapshot import RedisSnapshotStore
 
 flow_app = typer.Typer(help="Run a dataflow as a worker process (bytewax, with recovery).")
@@ -38,7 +40,12 @@ NoRecovery = Annotated[
     bool, typer.Option("--no-recovery", help="Run without recovery (state is lost on restart)")
 ]
 UntilEof = Annotated[bool, typer.Option("--until-eof", help="Stop at the end of the input (batch/benchmark)")]
-MetricsPort = Annotated[int | None, typer.Option(help="Serve Prometheus metrics on this port (0 = off)")]
+MetricsPort = Annotated[
+    int | None,
+    typer.Option(
+        help="Prometheus metrics port (0 = off; default: the kind's, see `ENRICH_METRICS_PORT_BASE`)"
+    ),
+]
 MetricsHost = Annotated[
     str,
     typer.Option(
@@ -82,14 +89,6 @@ def _run_options(
     )
 
 
-def _serve_metrics(settings: Settings, port: int | None, host: str) -> None:
-    chosen = settings.metrics_port if port is None else port
-    if chosen:
-        from prometheus_client import start_http_server
-
-        start_http_server(chosen, addr=host)
-
-
 def _run_flow(
     name: str,
     build: Callable[[Settings], Dataflow],
@@ -100,28 +99,73 @@ def _run_flow(
     metrics_port: int | None,
     metrics_host: str,
 ) -> None:
+    """Start a flow worker: settings, registration, dataflow, metrics port, input topics — each failure one
+    line and a non-zero exit (cli/startup.py) — then run it until it ends or is stopped."""
     import yaml
     from pydantic import ValidationError
 
+    from cli import startup
     from enrich.errors import EnrichError
     from flows.recovery import RecoveryLayoutError
     from flows.runner import run
-    from stack.supervisor import EXIT_CONFIG
+    from stack.registry import kafka_probe
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    command = f"flow {name}"
+    kind: WorkerKind = "flow-snapshot" if name == "snapshot" else "flow-enrich"
+    settings = startup.load_settings(command)
+    reg = startup.register(settings, kind, [*sys.argv[1:]] or ["flow", name], process_id=process_id,
+                           probe=kafka_probe, handle_sigterm=True)  # fmt: skip
+    port = settings.metrics_port_for(kind, process_id) if metrics_port is None else metrics_port
+    url = startup.serve_metrics(command, port, metrics_host, reg)  # first: building may wait for Redis
     try:
-        settings = get_settings()
         flow = build(settings)
     except (EnrichError, ValidationError, OSError, yaml.YAMLError) as exc:
         # Bad configuration (settings, tables, rules): restarting cannot help, say so with EX_CONFIG.
-        logging.getLogger("enrich").error("configuration error: %s", exc)
-        raise typer.Exit(EXIT_CONFIG) from exc
-    _serve_metrics(settings, metrics_port, metrics_host)
+        why = f"configuration error: {startup.one_line(exc)}"
+        startup.cannot_start(command, why, startup.EXIT_CONFIG, reg)
+    startup.check_topics(command, settings, startup.input_topics(flow), reg)
+    reg.running(metrics_url=url)
+    options = _run_options(settings, name, recovery_dir, no_recovery, process_id, addresses)
+    run_worker(command, reg, lambda: run(flow, options), expected={RecoveryLayoutError: 2})
+
+
+def run_worker(
+    command: str, reg: Registration, body: Callable[[], None], expected: dict[type[Exception], int]
+) -> None:
+    """Run a registered worker's main loop: a clean end or Ctrl-C removes its heartbeat; an ``expected``
+    error is one line and its exit code; anything else prints the error where it was raised (not bytewax's
+    wrappers around it), stays in the heartbeat as the worker's last error, and exits 1."""
+    import traceback
+
+    from cli import startup
+
     try:
-        run(flow, _run_options(settings, name, recovery_dir, no_recovery, process_id, addresses))
-    except RecoveryLayoutError as exc:  # the recovery directories do not fit this cluster: not restarted
-        typer.echo(f"enrich flow {name}: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        body()
+    except KeyboardInterrupt:
+        reg.close()
+        raise typer.Exit(130) from None
+    except Exception as exc:
+        root = root_cause(exc)
+        if isinstance(root, KeyboardInterrupt):
+            reg.close()
+            raise typer.Exit(130) from None
+        for kind, code in expected.items():
+            if isinstance(root, kind):
+                startup.cannot_start(command, str(root), code, reg)
+        traceback.print_exception(root)
+        reg.fail(f"{type(root).__name__}: {startup.one_line(root)}", 1)
+        raise typer.Exit(1) from None
+    reg.close()
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The exception at the bottom of a chain (bytewax wraps what a step raised in BytewaxRuntimeErrors)."""
+    seen = {id(exc)}
+    while exc.__cause__ is not None and id(exc.__cause__) not in seen:
+        exc = exc.__cause__
+        seen.add(id(exc))
+    return exc
 
 
 @flow_app.command("snapshot")

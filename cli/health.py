@@ -23,9 +23,10 @@ from typing import Annotated
 
 import typer
 
+from enrich.settings import WorkerKind, default_metrics_port
+
 health_app = typer.Typer(help="Health checks for containers and probes (exit 0 = healthy).")
 
-DEFAULT_METRICS_PORT = 9464
 DEFAULT_API_PORT = 8000
 
 
@@ -53,9 +54,12 @@ def check_for(args: Sequence[str], env: Mapping[str, str]) -> list[str] | None:
     None for commands that serve nothing (one-shots such as ``topics create`` or ``simulate``)."""
     words = [a for a in args if not a.startswith("-")]
     if words[:1] == ["flow"] and words[1:2] in (["snapshot"], ["enrich"]):
-        port = (
-            _option(args, ("--metrics-port",)) or env.get("ENRICH_METRICS_PORT") or str(DEFAULT_METRICS_PORT)
-        )
+        port = _option(args, ("--metrics-port",)) or env.get("ENRICH_METRICS_PORT")
+        if port is None:  # the kind's default (enrich/settings.py)
+            kind: WorkerKind = "flow-snapshot" if words[1] == "snapshot" else "flow-enrich"
+            process = _option(args, ("-i", "--process-id"))
+            base = int(env.get("ENRICH_METRICS_PORT_BASE") or 9464)
+            port = str(default_metrics_port(kind, int(process) if process else None, base))
         if port == "0":
             return None  # metrics off: nothing to ask
         host = _local(_option(args, ("--metrics-host",)) or env.get("ENRICH_METRICS_HOST", ""))

@@ -17,10 +17,17 @@ from cli.flows import flow_app, snapshot_app
 from cli.health import health_app
 from cli.sql import history_app
 from cli.sql import sql as sql_command
+from cli.status import status as status_command
 from enrich.settings import get_settings
 from simulator.scenarios import SCENARIOS
 
-app = typer.Typer(help="Streaming IoT enrichment engine for vehicle fleets.", no_args_is_help=True)
+# Plain tracebacks (no boxes, no locals): a worker that fails says why in one line (cli/startup.py); what
+# still escapes is a bug, and its traceback should be short and greppable in a log.
+app = typer.Typer(
+    help="Streaming IoT enrichment engine for vehicle fleets.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
 stack_app = typer.Typer(help="The native local stack: a real Kafka broker (KRaft) and Redis, no Docker.")
 topics_app = typer.Typer(help="Kafka topics of the engine.")
 app.add_typer(stack_app, name="stack")
@@ -30,6 +37,7 @@ app.add_typer(snapshot_app, name="snapshot")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(health_app, name="health")
 app.command("flatten")(flatten_command)
+app.command("status")(status_command)
 app.add_typer(api_app, name="api")
 app.command("sql")(sql_command)
 app.add_typer(history_app, name="history")
@@ -247,18 +255,19 @@ def demo(
             help="Keep the workers and the console running at the end (default: on a terminal)",
         ),
     ] = None,
+    plain: Annotated[
+        bool, typer.Option("--plain", help="Log-friendly output: no colour, no boxes, one line per row")
+    ] = False,
 ) -> None:
-    """Start the local stack if needed, run the fleet simulator with every scenario, show the data flowing."""
-    from cli.demo import run_demo
-    from stack.manager import Stack
+    """Start the local stack if needed (servers that already answer are reused), run every worker with the
+    fleet simulator and show each part of the product working. Library logs go to <state>/logs/."""
+    from cli.console import CliConsole
+    from cli.demo import main as run_demo
 
-    settings = get_settings()
-    timings = Stack(settings).up()
-    console.print(
-        f"stack ready ({timings['total']:.1f}s): kafka {settings.kafka_bootstrap}, redis {settings.redis_url}"
-    )
     keep_open = sys.stdin.isatty() and sys.stdout.isatty() if keep is None else keep
-    run_demo(settings, console, vehicles=vehicles, rate=rate, duration=duration, keep=keep_open)
+    code = run_demo(get_settings(), CliConsole(plain=plain), vehicles=vehicles, rate=rate, duration=duration,
+                    keep=keep_open)  # fmt: skip
+    raise typer.Exit(code)
 
 
 def main() -> None:

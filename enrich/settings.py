@@ -7,12 +7,30 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlparse
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 CDC_TABLES: tuple[str, ...] = ("carinfo", "deviceinfo", "reservation")
+
+WorkerKind = Literal["flow-snapshot", "flow-enrich", "alerts", "flow-flatten"]
+# Each worker kind has its own metrics port, so every worker of one host starts with default settings:
+# ``ENRICH_METRICS_PORT_BASE`` (9464) + the kind's offset + 10 x the process id of a cluster (-i).
+# The API serves /metrics on its own HTTP port (ENRICH_API_PORT, 8000).
+METRICS_PORT_OFFSET: dict[WorkerKind, int] = {
+    "flow-snapshot": 0,
+    "flow-enrich": 1,
+    "alerts": 2,
+    "flow-flatten": 3,
+}
+METRICS_PORT_STRIDE = 10  # per process id of a cluster on one host
+
+
+def default_metrics_port(kind: WorkerKind, process_id: int | None = None, base: int = 9464) -> int:
+    """The metrics port a worker of ``kind`` (process ``process_id`` of its cluster) uses by default."""
+    return base + METRICS_PORT_OFFSET[kind] + METRICS_PORT_STRIDE * (process_id or 0)
 
 
 class Settings(BaseSettings):
@@ -114,7 +132,19 @@ class Settings(BaseSettings):
     api_policy_schema: Path | None = Field(
         None, description="Cedar schema the policies are validated against (default: api/policies/)"
     )
-    metrics_port: int = Field(9464, description="Prometheus metrics port of a flow worker (0 = off)")
+    metrics_port: int | None = Field(
+        None, description="This worker's Prometheus metrics port, overriding its kind's default (0 = off)"
+    )
+    metrics_port_base: int = Field(
+        9464, ge=1, le=65000, description="Default metrics ports: base + the worker kind's offset"
+    )
+
+    def metrics_port_for(self, kind: WorkerKind, process_id: int | None = None) -> int:
+        """The port a worker of ``kind`` serves its metrics on (0 = off): ``metrics_port`` when set, else
+        the kind's default (see ``default_metrics_port``)."""
+        if self.metrics_port is not None:
+            return self.metrics_port
+        return default_metrics_port(kind, process_id, self.metrics_port_base)
 
     def as_env(self) -> dict[str, str]:
         """These settings as ``ENRICH_*`` variables, to configure a worker process the same way."""

@@ -30,6 +30,7 @@ from connectors import kafka_writer
 from connectors.health import monitor
 from connectors.kafka_config import DEFAULT_MAX_MESSAGE_BYTES, consumer_config
 from connectors.kafka_writer import UNREACHABLE
+from connectors.progress import PROGRESS, REPORT_EVERY_S, partition_lag
 from enrich.records import PartitionBatch, Record
 from enrich.settings import get_settings
 from flows import metrics
@@ -90,8 +91,23 @@ class _BatchPartition(StatefulSourcePartition[Any, int]):
         self._idle_sent = False
         self._at_end = False
         self._last_error_log = 0.0
+        self._lag_due = 0.0
+        PROGRESS.reading(topic, partition)
+
+    def _report_lag(self) -> None:
+        """Input lag for `enrich status` and metrics (connectors/progress.py), at most every 0.5 s."""
+        now = time.monotonic()
+        if now < self._lag_due:
+            return
+        self._lag_due = now + REPORT_EVERY_S
+        if self._offset >= 0:
+            lag = partition_lag(self._consumer, self._topic, self._partition, self._offset)
+        else:  # nothing emitted yet: caught up only once read to the end with nothing held
+            lag = 0 if self._at_end and not self._held else None
+        PROGRESS.lag(self._topic, self._partition, lag)
 
     def next_batch(self) -> list[Any]:
+        self._report_lag()
         if self._eof and not self._tail and not self._held:
             raise StopIteration
         msgs: list[Message] = self._consumer.consume(self._batch_size - len(self._held), 0.001)
@@ -119,6 +135,7 @@ class _BatchPartition(StatefulSourcePartition[Any, int]):
         full = len(batch) >= self._batch_size or now - self._held_since >= self._linger_s
         if batch and (full or (self._eof and not self._tail)):
             self._offset = batch[-1].offset + 1
+            PROGRESS.records(self._topic, len(batch))
             self._held, self._held_since = [], 0.0
             self._awake = None
             self._last_record, self._idle_sent = now, False
@@ -166,6 +183,7 @@ class _BatchPartition(StatefulSourcePartition[Any, int]):
         return self._offset
 
     def close(self) -> None:
+        PROGRESS.forget(self._topic, self._partition)
         self._consumer.close()
 
 

@@ -10,7 +10,10 @@
   ``max_backoff_s`` (with jitter), and resets once a run lasted ``stable_after_s``.
 * It is *not* restarted when it exits 0 (it finished, e.g. ``--until-eof``), 2 (usage error) or 78
   (``EXIT_CONFIG``, sysexits' EX_CONFIG: its configuration is wrong, restarting cannot help); the
-  supervisor then exits with the same code.
+  supervisor then exits with the same code. 69 (``EXIT_UNAVAILABLE``: something it needs on this host, such
+  as its port, is taken) is restarted with backoff like a crash, since the holder may go away.
+* The child gets ``ENRICH_WORKER_NAME=<name>``, so its own heartbeat (``stack/registry.py``) is
+  ``<state_dir>/workers/<name>.heartbeat.json``, next to this status file.
 * SIGTERM / SIGINT are forwarded to the child's process group; after ``stop_timeout_s`` it is killed. The
   supervisor then exits 0.
 
@@ -54,10 +57,12 @@ from typing import IO, Any, Literal
 import orjson
 
 EXIT_CONFIG = 78
+EXIT_UNAVAILABLE = 69
+WORKER_NAME_ENV = "ENRICH_WORKER_NAME"  # the child's name, for its heartbeat (stack/registry.py)
 NO_RESTART = frozenset({0, 2, EXIT_CONFIG})
 State = Literal["running", "restarting", "stopped"]
 _EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b")
-_LOGGED_ERROR = re.compile(r"\b(ERROR|CRITICAL|FATAL)\b")
+_LOGGED_ERROR = re.compile(r"\b(ERROR|CRITICAL|FATAL)\b|: cannot start: ")
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +131,7 @@ class Supervisor:
         self.name = name
         self.policy = policy or Policy()
         self.argv = list(argv) if argv is not None else [sys.executable, "-m", "cli.main", *command]
-        self.env = env
+        self.env = {**(os.environ if env is None else env), WORKER_NAME_ENV: name}
         self.dir = state_dir / "workers"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.status_file = self.dir / f"{name}.json"

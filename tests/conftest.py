@@ -87,8 +87,8 @@ def isolated_settings(
 def settings_for_test(
     kafka_bootstrap: str, redis_url: str, token: str, tmp: Path, **more: object
 ) -> Settings:
-    """Settings whose topics (``<token>.*``), Redis key prefixes (``<token>:*``) and directories are a test's
-    own, on the given services."""
+    """Settings whose topics (``<token>.*``), Redis key prefixes (``<token>:*``) and directories (history,
+    state: recovery, worker registrations) are a test's own, on the given services."""
     fields: dict[str, object] = {
         "kafka_bootstrap": kafka_bootstrap,
         "redis_url": redis_url,
@@ -105,6 +105,7 @@ def settings_for_test(
         "alerts_prefix": f"{token}:alerts:",
         "api_prefix": f"{token}:api:",
         "history_dir": tmp / "history",
+        "state_dir": tmp / "state",  # workers started by the test register there (<state>/workers/)
         **more,
     }
     return Settings(**fields)  # type: ignore[arg-type]

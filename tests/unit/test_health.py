@@ -17,13 +17,17 @@ from cli.main import app
 @pytest.mark.parametrize(
     ("args", "env", "expected"),
     [
-        (["flow", "enrich"], {}, ["http", "http://127.0.0.1:9464/metrics"]),
+        (["flow", "enrich"], {}, ["http", "http://127.0.0.1:9465/metrics"]),
+        (["flow", "snapshot"], {}, ["http", "http://127.0.0.1:9464/metrics"]),
+        (["flow", "snapshot"], {"ENRICH_METRICS_PORT_BASE": "19000"},
+         ["http", "http://127.0.0.1:19000/metrics"]),
         (["flow", "snapshot", "--metrics-port", "9500"], {}, ["http", "http://127.0.0.1:9500/metrics"]),
         (["flow", "enrich"], {"ENRICH_METRICS_PORT": "9600", "ENRICH_METRICS_HOST": "0.0.0.0"},
          ["http", "http://127.0.0.1:9600/metrics"]),
         (["flow", "enrich", "--metrics-port=0"], {}, None),  # metrics off: nothing to ask
         (["flow", "enrich", "-i", "1", "-a", "h0:1;h1:1"], {"ENRICH_METRICS_HOST": "10.1.2.3"},
-         ["http", "http://10.1.2.3:9464/metrics"]),
+         ["http", "http://10.1.2.3:9475/metrics"]),  # process 1 of a cluster: 10 above process 0
+        (["flow", "enrich", "-i", "1"], {"ENRICH_METRICS_PORT": "9465"}, ["http", "http://127.0.0.1:9465/metrics"]),
         (["api"], {"ENRICH_API_HOST": "0.0.0.0"}, ["http", "http://127.0.0.1:8000/readyz"]),
         (["api", "--port", "8080"], {}, ["http", "http://127.0.0.1:8080/readyz"]),
         (["alerts", "run"], {}, ["alerts"]),

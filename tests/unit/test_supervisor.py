@@ -73,7 +73,8 @@ def test_a_worker_that_finished_or_is_misconfigured_is_not_restarted(tmp_path: P
 
 def test_enrich_run_forwards_sigterm_to_the_worker(tmp_path: Path) -> None:
     env = {**os.environ, "ENRICH_STATE_DIR": str(tmp_path), "ENRICH_REDIS_URL": "redis://127.0.0.1:1/0",
-           "ENRICH_KAFKA_BOOTSTRAP": "127.0.0.1:1", "ENRICH_API_PORT": "0"}  # fmt: skip
+           "ENRICH_KAFKA_BOOTSTRAP": "127.0.0.1:1", "ENRICH_API_PORT": "0",
+           "ENRICH_METRICS_PORT": "0"}  # fmt: skip
     # `rules check` finishes at once: exit 0, not restarted, the supervisor exits 0 too.
     done = subprocess.run([sys.executable, "-m", "cli.main", "run", "rules", "check"], env=env,
                           capture_output=True, timeout=60, check=False)  # fmt: skip
