@@ -396,7 +396,13 @@ def library_output_to(log_file: Path) -> Iterator[None]:
 
 
 def main(
-    settings: Settings, console: CliConsole, *, vehicles: int, rate: float, duration: float, keep: bool = False
+    settings: Settings,
+    console: CliConsole,
+    *,
+    vehicles: int,
+    rate: float,
+    duration: float,
+    keep: bool = False,
 ) -> int:
     """Bring the stack up (reusing servers that already answer), run the steps; 1 when the demo failed."""
     from stack.manager import Stack
