@@ -2,9 +2,10 @@
 
 * A fenced block whose info string is ``sh runnable`` (GitHub highlights it as ``sh``) is run as written.
 * The fenced block ``text expected-output`` that follows it (only prose or blank lines between) lists lines
-  its output must contain, in this order (other lines may come between them). In an expected line ``…``
-  matches anything (within one line); matching ignores box-drawing characters, carriage returns and how many
-  spaces separate words, so a table may be shown with the columns' padding of the run it was copied from.
+  its output must contain, in this order (other lines may come between them). An expected line matches a
+  whole output line, ``…`` matching anything within it; matching ignores box-drawing characters, carriage
+  returns and how many spaces separate words, so a table may be shown with the padding of the run it was
+  copied from.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def unmatched(expected: list[str], output: str) -> list[str]:
     at = 0
     for i, want in enumerate(expected):
         rx = pattern(want)
-        while at < len(lines) and not rx.search(lines[at]):
+        while at < len(lines) and not rx.fullmatch(lines[at]):
             at += 1
         if at == len(lines):
             return expected[i:]

@@ -61,6 +61,9 @@ def test_expected_lines_match_in_order_with_wildcards_and_box_characters() -> No
         "no such line",
         'etag: "…"',
     ]
+    # a line matches whole: a prefix, or a count that only starts the same, is not enough
+    assert unmatched(["stack ready in 0.8s"], output) == ["stack ready in 0.8s"]
+    assert unmatched(["flow-enrich running … 0 … 4"], output) == ["flow-enrich running … 0 … 4"]
 
 
 def test_the_readme_has_its_runnable_example_with_expected_output() -> None:
