@@ -26,6 +26,9 @@ from rich.text import Text
 
 class CliConsole(Console):
     def __init__(self, *, plain: bool = False, **kwargs: Any) -> None:
+        # Text is not broken into lines by rich (the terminal wraps it): addresses, keys and commands stay
+        # whole, to click or copy. Tables still fit the width (or fold, below).
+        kwargs.setdefault("soft_wrap", True)
         if plain:
             kwargs.update(no_color=True, highlight=False, emoji=False, soft_wrap=True, force_terminal=False)
         super().__init__(**kwargs)
