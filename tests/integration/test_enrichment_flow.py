@@ -31,7 +31,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def settings(pipeline_settings: Settings) -> Settings:
-    return pipeline_settings.model_copy(update={"join_max_wait_ms": 5000})  # room for a loaded CI machine
+    return pipeline_settings.model_copy(update={"join_max_wait_ms": 12_000})  # room for a loaded machine
 
 
 def store_of(s: Settings) -> RedisSnapshotStore:
