@@ -95,26 +95,23 @@ class Store:
     fresh_writer: Callable[[], VehicleWriter]  # another process's writer (empty caches)
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "cluster"])
 def store(request: pytest.FixtureRequest, unique: Callable[[str], str]) -> Iterator[Store]:
+    """The in-memory twin, Redis (one instance) and a Redis Cluster of three masters."""
     if request.param == "memory":
         mem = MemoryVehicleStore()
         yield Store(mem, mem, lambda: mem)
         return
-    import redis
-    import redis.asyncio as aioredis
-
     from stores.vehicles.redis_reader import RedisVehicleReader
     from stores.vehicles.redis_writer import RedisVehicleWriter
+    from tests.conftest import async_client, delete_prefix, sync_client
 
-    url = request.getfixturevalue("redis_url")
+    url = request.getfixturevalue("redis_url" if request.param == "redis" else "redis_cluster_url")
     prefix = unique("state:")
-    sync = redis.Redis.from_url(url)
-    reader = RedisVehicleReader(aioredis.Redis.from_url(url), prefix, classes_ttl_s=0)
+    sync = sync_client(url)
+    reader = RedisVehicleReader(async_client(url), prefix, classes_ttl_s=0)
     yield Store(RedisVehicleWriter(sync, prefix), reader, lambda: RedisVehicleWriter(sync, prefix))
-    keys = list(sync.scan_iter(match=f"{prefix}*", count=1000))
-    if keys:
-        sync.delete(*keys)
+    delete_prefix(sync, prefix)
 
 
 def all_pages(reader: VehicleReader, q: VehicleQuery, allowed: Any = None, limit: int = 7) -> list[int]:
