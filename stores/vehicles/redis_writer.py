@@ -289,8 +289,8 @@ class RedisVehicleWriter:
             rec.hset(k.classes, cid, tags_json)
         changed = self._index_moves(rec, new_meta)
         for attempt in (1, 2):
-            pipe = self.client.pipeline(transaction=False)
-            for group in groups.values():  # (redis-py blocks mset in cluster pipelines: all keys share a slot)
+            pipe: Any = self.client.pipeline(transaction=False)  # redis-py's ClusterPipeline
+            for group in groups.values():  # (redis-py blocks mset in cluster pipelines; one slot each here)
                 pipe.execute_command("MSET", *[x for kv in group.items() for x in kv])
             if rec.args:
                 pipe.execute_command("EVALSHA", self._load_batch(), 1, k.all, *rec.args)
