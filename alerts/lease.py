@@ -67,6 +67,8 @@ class Lease:
 
     def acquire(self) -> bool:
         """Take the lease when nobody holds it. True when we hold it now (``token`` is set)."""
+        if self.client.exists(self.key):
+            return False  # held: a standby's poll is one read
         epoch = int(self.client.incr(f"{self.key}:epoch"))
         token = f"{self.name}#{epoch}"
         if self.client.set(self.key, token, nx=True, px=self.ttl_ms):

@@ -271,3 +271,19 @@ def test_one_change_entry_per_batch(store: Store) -> None:
     assert changes[1].incidents[0]["incident_id"] == "x" and changes[1].states == []
     assert run(store.reader.changes(changes[0].id)) == changes[1:]
     assert run(store.reader.changes(changes[1].id, block_ms=50)) == []
+
+
+def test_a_large_batch_lands_whole(store: Store) -> None:
+    """3,000 cars in one batch (on a cluster: variadic index commands split into Lua-sized chunks, 64 document
+    tags over three masters) — every car, its index entries and its geo position are there."""
+    docs = [state(c, last_seen=c) for c in range(1, 3001)]
+    store.writer.write_batch(writes(docs))
+    assert all_pages(store.reader, VehicleQuery(), limit=1000) == list(range(1, 3001))
+    seen = all_pages(store.reader, VehicleQuery(last_seen_after=2000), limit=500)
+    assert seen == list(range(2001, 3001))
+    box = BBox(37.0, 127.0, 37.05, 127.05)
+    inside = expected(
+        {d["car_id"]: d for d in docs}, lambda d: box.contains(d["location"]["lat"], d["location"]["lon"])
+    )
+    assert all_pages(store.reader, VehicleQuery(bbox=box), limit=1000) == inside
+    assert len(run(store.reader.docs(list(range(1, 3001))))) == 3000
