@@ -287,15 +287,19 @@ class AlertsWorker:
             self.consume_loop(lost)
         except NotLeaderError:
             lost.set()
+        except redis.RedisError as exc:  # a cluster client gives up after its retries: a new term later
+            log.warning("alerts worker %s: Redis failed (%s); leaving the term", self.lease.name, exc)
+            self.stop.wait(1.0)
         finally:
             lost.set()  # ends the delivery loops
             done.set()
+            if self.stop.is_set():
+                stop_retrying()  # stopping: calls waiting for Redis give up instead of holding the exit
             deadline = time.monotonic() + 10
             for t in threads:
                 t.join(timeout=max(0.1, deadline - time.monotonic()))
-            if self.stop.is_set():
-                self._release()
-            else:
+            self._release()  # compare-and-delete: a no-op when the lease is someone else's already
+            if not self.stop.is_set():
                 log.warning("alerts worker %s left its term (lease %s); standing by", self.lease.name, token)
 
     def _release(self) -> None:

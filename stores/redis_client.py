@@ -20,10 +20,11 @@ Redis Cluster: a URL ``redis+cluster://host:port`` (``rediss+cluster://`` with T
 cluster, the others are discovered) makes every factory here return redis-py's cluster client
 (``RedisCluster``, sync or asyncio) instead. Stores key their data with hash tags so every Lua script and
 MULTI touches one slot (``one_slot``), and split cross-slot work per slot (``stores/vehicles``).
-redis-py's cluster client re-reads the slot map and retries a command that met a moved slot or a lost
-node (``CLUSTER_RETRIES`` times, no backoff of its own); the per-node connections retry like the single
-instance's. A cluster outage longer than those retries raises to the caller (bytewax restarts the worker
-from its recovery state; the alerts worker's loops log and retry).
+redis-py's cluster client follows ``MOVED``/``ASK`` redirections, and re-reads the slot map and retries a
+command that met a lost node (``CLUSTER_RETRIES`` times). It does not wait for ever as the single
+instance's clients do: a cluster outage longer than those retries raises to the caller (bytewax restarts
+the worker from its recovery state; the alerts worker's loops log and retry), and it is not reported to the
+dependency monitor.
 """
 
 from __future__ import annotations
