@@ -248,6 +248,12 @@ class AlertsWorker:
                     log.warning("delivery loop of %s: %s", receiver, exc)
                 self.stop.wait(1.0)
 
+    def request_stop(self) -> None:
+        """Stop (signal handlers): the loops end, and calls waiting for Redis give up instead of retrying,
+        so a worker standing by for an unreachable Redis stops at once too."""
+        self.stop.set()
+        stop_retrying()
+
     def run(self) -> None:
         """Stand by until this worker holds the lease, work while it does, stand by again if it is lost;
         until stopped."""

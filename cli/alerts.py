@@ -76,7 +76,7 @@ def run(
         start_http_server(metrics_port, addr="127.0.0.1")
     worker = AlertsWorker(get_settings(), config)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: worker.stop.set())
+        signal.signal(sig, lambda *_: worker.request_stop())
     s = get_settings()
     logging.getLogger("alerts").info("alerts worker: %d receivers, outliers from %s on %s, state in %s",
                                      len(config.receivers), s.topic_outliers, s.kafka_bootstrap,
