@@ -1,16 +1,24 @@
 """A durable outbox in Redis: every delivery is a job that survives restarts until it is delivered or
 dead-lettered; retries back off exponentially with jitter and honour ``Retry-After``.
 
-Invariants: enqueueing is one Lua call and settling one MULTI/EXEC, so a job is always either scheduled,
-delivered or dead-lettered; both are idempotent, so a command retried after a Redis restart (the worker's
-client retries for ever) changes nothing twice. A worker killed after a send but before settling sends
-again after its restart with the same job id (receivers dedupe on ``webhook-id`` / ``Message-ID``).
+Invariants: enqueueing, claiming a job before its send and settling it are one Lua call each, so a job is
+always either scheduled, delivered or dead-lettered; all are idempotent, so a command retried after a Redis
+restart (the worker's client retries for ever) changes nothing twice. A worker killed after a send but
+before settling sends again after its restart with the same job id (receivers dedupe on ``webhook-id`` /
+``Message-ID``).
+
+Fencing (high availability, ``alerts.lease``): with ``token`` set (the active worker's lease token),
+enqueue, claim, the notification log and every settle but "delivered" first check that the lease still
+holds that token and refuse with ``NotLeaderError`` otherwise; "delivered" is recorded from anyone (it
+happened). Without a token (the CLI, tests) nothing is fenced. On a Redis Cluster every key below carries
+one hash tag (``stores.redis_client.one_slot``: ``alerts:{alerts}:job:<id>``…), so each script touches one
+slot.
 
 Keys (prefix ``alerts:``): ``job:<id>`` (the job JSON), ``due:<receiver>`` (sorted set of job ids by next
 attempt time, one per receiver so a slow receiver never delays another), ``done`` (delivered job ids with
 time, for dedup), ``dlq`` (hash id → job with its last error), ``log:<incident>`` (delivery log: receiver →
 status, attempts, last error), ``disabled`` (receivers whose endpoint answered 410), ``nlog`` (the
-notification log of the dispatcher).
+notification log of the dispatcher), ``leader`` (the lease, ``alerts.lease``).
 """
 
 from __future__ import annotations
@@ -25,6 +33,15 @@ import redis
 
 from alerts.delivery import Attempt, backoff_s
 from alerts.dispatch import LogEntry
+from alerts.lease import FENCE_LUA, NotLeaderError
+from stores.redis_client import one_slot
+
+SLOT_TAG = "alerts"
+
+
+def alerts_keyspace(prefix: str, client: object) -> str:
+    """The prefix of every alerts key for this client (hash-tagged on a Redis Cluster)."""
+    return one_slot(prefix, client, SLOT_TAG)
 
 
 @dataclass(slots=True)
@@ -54,7 +71,11 @@ class RedisNotificationLog:
 
     def __init__(self, client: redis.Redis, prefix: str = "alerts:") -> None:
         self.client = client
-        self.key = f"{prefix}nlog"
+        p = alerts_keyspace(prefix, client)
+        self.key = f"{p}nlog"
+        self.lease_key = f"{p}leader"
+        self.token = ""  # the lease token while active (fenced writes); "" = unfenced
+        self._record = client.register_script(RECORD_LUA)
 
     def last(self, group_key: str, receiver: str) -> LogEntry | None:
         raw: Any = self.client.hget(self.key, f"{group_key}#{receiver}")
@@ -69,13 +90,57 @@ class RedisNotificationLog:
 
     def record(self, group_key: str, receiver: str, entry: LogEntry) -> None:
         doc = {"digest": entry.digest, "at": entry.at, "told": {k: list(v) for k, v in entry.told.items()}}
-        self.client.hset(self.key, f"{group_key}#{receiver}", orjson.dumps(doc))
+        keys = [self.lease_key, self.key]
+        if self._record(keys=keys, args=[self.token, f"{group_key}#{receiver}", orjson.dumps(doc)]) == -1:
+            raise NotLeaderError(self.token)
 
 
-ENQUEUE_LUA = """
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then return 0 end
-if not redis.call('SET', KEYS[3], ARGV[2], 'NX') then return 0 end
-redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+# Every script starts with FENCE_LUA: KEYS[1] = the lease, ARGV[1] = the token ('' = unfenced).
+RECORD_LUA = (
+    FENCE_LUA
+    + """
+redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
+return 1
+"""
+)
+ENQUEUE_LUA = (
+    FENCE_LUA
+    + """
+-- KEYS: lease, done, dlq, job, due; ARGV: token, id, job JSON, due time
+if redis.call('ZSCORE', KEYS[2], ARGV[2]) or redis.call('HEXISTS', KEYS[3], ARGV[2]) == 1 then return 0 end
+if not redis.call('SET', KEYS[4], ARGV[3], 'NX') then return 0 end
+redis.call('ZADD', KEYS[5], ARGV[4], ARGV[2])
+return 1
+"""
+)
+CLAIM_LUA = (
+    FENCE_LUA
+    + """
+-- KEYS: lease, due; ARGV: token, id. 1 while the job is still scheduled (not settled meanwhile)
+if redis.call('ZSCORE', KEYS[2], ARGV[2]) then return 1 end
+return 0
+"""
+)
+SETTLE_LUA = """
+-- KEYS: lease, done, due, job, dlq, disabled
+-- ARGV: token, outcome, id, now, job JSON, next due, disable, receiver
+if ARGV[2] ~= 'delivered' and ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+if ARGV[2] == 'delivered' then
+  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+  redis.call('ZREM', KEYS[3], ARGV[3])
+  redis.call('DEL', KEYS[4])
+  return 1
+end
+if redis.call('ZSCORE', KEYS[2], ARGV[3]) or redis.call('EXISTS', KEYS[4]) == 0 then return 0 end
+if ARGV[2] == 'retrying' then
+  redis.call('SET', KEYS[4], ARGV[5])
+  redis.call('ZADD', KEYS[3], ARGV[6], ARGV[3])
+else
+  redis.call('HSET', KEYS[5], ARGV[3], ARGV[5])
+  redis.call('ZREM', KEYS[3], ARGV[3])
+  redis.call('DEL', KEYS[4])
+  if ARGV[7] == '1' then redis.call('SADD', KEYS[6], ARGV[8]) end
+end
 return 1
 """
 
@@ -83,15 +148,26 @@ return 1
 class Outbox:
     def __init__(self, client: redis.Redis, prefix: str = "alerts:") -> None:
         self.client = client
-        self.p = prefix
+        self.p = alerts_keyspace(prefix, client)
+        self.token = ""  # the lease token while active (fenced writes); "" = unfenced
         self._enqueue = client.register_script(ENQUEUE_LUA)
+        self._claim = client.register_script(CLAIM_LUA)
+        self._settle = client.register_script(SETTLE_LUA)
+
+    @property
+    def lease_key(self) -> str:
+        return f"{self.p}leader"
 
     def enqueue(self, job: Job, now_s: float | None = None) -> bool:
         """Add a job unless it is queued, delivered or dead-lettered already (idempotent by job id). One Lua
         call: a crash or a lost reply never leaves a job stored but not scheduled."""
-        keys = [f"{self.p}done", f"{self.p}dlq", f"{self.p}job:{job.id}", f"{self.p}due:{job.receiver}"]
+        p = self.p
+        keys = [self.lease_key, f"{p}done", f"{p}dlq", f"{p}job:{job.id}", f"{p}due:{job.receiver}"]
         due = now_s if now_s is not None else time.time()
-        if not self._enqueue(keys=keys, args=[job.id, job.dumps(), due]):
+        done = self._enqueue(keys=keys, args=[self.token, job.id, job.dumps(), due])
+        if done == -1:
+            raise NotLeaderError(self.token)
+        if not done:
             return False
         self._log(job, "queued")
         return True
@@ -107,32 +183,38 @@ class Outbox:
             jobs.append(Job.loads(raw))
         return jobs
 
+    def claim(self, job: Job) -> bool:
+        """Right before sending: True while the job is still scheduled; ``NotLeaderError`` once the lease is
+        lost (so a worker that is no longer active sends nothing)."""
+        found = self._claim(keys=[self.lease_key, f"{self.p}due:{job.receiver}"], args=[self.token, job.id])
+        if found == -1:
+            raise NotLeaderError(self.token)
+        return bool(found)
+
     def settle(self, job: Job, attempt: Attempt, now_s: float, *, max_attempts: int, first_s: float,
                cap_s: float) -> str:  # fmt: skip
-        """Record an attempt: delivered, rescheduled, or dead-lettered. Returns which."""
+        """Record an attempt: delivered, rescheduled, or dead-lettered (one Lua call). Returns which."""
         job.attempts += 1
         job.last_error = attempt.error
-        pipe = self.client.pipeline()
+        next_due = now_s
         if attempt.ok:
-            pipe.zadd(f"{self.p}done", {job.id: now_s})
-            pipe.zrem(f"{self.p}due:{job.receiver}", job.id)
-            pipe.delete(f"{self.p}job:{job.id}")
             outcome = "delivered"
         elif attempt.retry and job.attempts < max_attempts:
             wait = backoff_s(job.attempts, first_s, cap_s)
             if attempt.retry_after_s is not None:
                 wait = max(wait, attempt.retry_after_s)
-            pipe.set(f"{self.p}job:{job.id}", job.dumps())
-            pipe.zadd(f"{self.p}due:{job.receiver}", {job.id: now_s + wait})
+            next_due = now_s + wait
             outcome = "retrying"
         else:
-            pipe.hset(f"{self.p}dlq", job.id, job.dumps())
-            pipe.zrem(f"{self.p}due:{job.receiver}", job.id)
-            pipe.delete(f"{self.p}job:{job.id}")
-            if attempt.disable:
-                pipe.sadd(f"{self.p}disabled", job.receiver)
             outcome = "dead-lettered"
-        pipe.execute()
+        p = self.p
+        keys = [self.lease_key, f"{p}done", f"{p}due:{job.receiver}", f"{p}job:{job.id}", f"{p}dlq",
+                f"{p}disabled"]  # fmt: skip
+        disable = "1" if attempt.disable else "0"
+        args: list[str | bytes | float] = [self.token, outcome, job.id, now_s, job.dumps(), next_due, disable,
+                                           job.receiver]  # fmt: skip
+        if self._settle(keys=keys, args=args) == -1:
+            raise NotLeaderError(self.token)
         self._log(job, outcome, attempt.status)
         return outcome
 
@@ -180,7 +262,10 @@ def work(outbox: Outbox, receiver: str, send: Callable[[Job], Attempt], *, max_a
     now = time.time() if now_s is None else now_s
     if outbox.disabled(receiver):
         return []
-    return [
-        outbox.settle(job, send(job), now, max_attempts=max_attempts, first_s=first_s, cap_s=cap_s)
-        for job in outbox.due(receiver, now)
-    ]
+    outcomes = []
+    for job in outbox.due(receiver, now):
+        if outbox.claim(job):  # still ours to send (raises NotLeaderError once the lease is lost)
+            outcomes.append(
+                outbox.settle(job, send(job), now, max_attempts=max_attempts, first_s=first_s, cap_s=cap_s)
+            )
+    return outcomes

@@ -5,6 +5,14 @@ per receiver works its own queue, so a slow or dead receiver never stalls the ot
 start the consumer re-reads the last ``lookback`` of outliers to rebuild its groups; the notification log
 and the outbox (both in Redis) make that replay send nothing twice.
 
+High availability (``alerts.lease``): run two (or more) workers; the one holding the lease in Redis is
+active — it consumes, dispatches and delivers — the others stand by, polling the lease. When the active
+worker dies its lease expires (``ENRICH_ALERTS_LEASE_MS``) and a standby takes it and starts exactly as a
+restarted worker does: it replays ``lookback``, and the notification log and the outbox, written only
+under the lease's fencing token, make it send what the dead one had not, and nothing it had. A worker that
+loses the lease (paused, cut off) drops its groups and stands by again. On SIGTERM the active worker
+releases the lease so a standby takes over at once.
+
 Outages: every Redis call waits through a Redis restart (stores/redis_client.py: unlimited retries with
 backoff), so the consumer thread pauses on its next Redis call and the delivery threads on theirs; all
 resume where they stopped. A Kafka outage only pauses consumption (the consumer keeps its position);
@@ -28,8 +36,9 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from alerts.config import AlertsConfig, ReceiverSpec
 from alerts.delivery import Attempt, SmtpSettings, email_recipients, send_email, send_webhook
 from alerts.dispatch import Dispatcher, Notification, Silence
+from alerts.lease import Lease, NotLeaderError
 from alerts.matchers import parse_all
-from alerts.outbox import Job, Outbox, RedisNotificationLog, work
+from alerts.outbox import Job, Outbox, RedisNotificationLog, alerts_keyspace, work
 from alerts.render import customer_email_of, email_content, message_id, selected, webhook_body
 from connectors.health import monitor
 from connectors.kafka_config import consumer_config
@@ -49,7 +58,7 @@ class SilenceStore:
 
     def __init__(self, client: redis.Redis, prefix: str = "alerts:") -> None:
         self.client = client
-        self.key = f"{prefix}silences"
+        self.key = f"{alerts_keyspace(prefix, client)}silences"
 
     def add(self, matchers: list[str], duration_ms: int, *, created_by: str = "", comment: str = "",
             now_ms: int | None = None) -> str:  # fmt: skip
@@ -84,6 +93,7 @@ class SilenceStore:
 class WorkerOptions:
     lookback_ms: int = 4 * 3_600_000
     tick_s: float = 0.2
+    lease_ms: int = 5_000  # how long a dead active worker holds the lease (the failover time)
 
 
 def jobs_for(n: Notification, spec: ReceiverSpec) -> list[Job]:
@@ -112,11 +122,14 @@ class AlertsWorker:
     ) -> None:
         self.settings = settings
         self.config = config
-        self.options = options or WorkerOptions()
+        self.options = options or WorkerOptions(lease_ms=settings.alerts_lease_ms)
         self.client = redis_client(settings)
         self.outbox = Outbox(self.client, settings.alerts_prefix)
         self.silences = SilenceStore(self.client, settings.alerts_prefix)
-        self.dispatcher = Dispatcher(config, RedisNotificationLog(self.client, settings.alerts_prefix))
+        self.nlog = RedisNotificationLog(self.client, settings.alerts_prefix)
+        self.dispatcher = Dispatcher(config, self.nlog)
+        self.lease = Lease(self.client, self.outbox.p, self.options.lease_ms)
+        self.lost = threading.Event()  # the lease is gone: leave the active session
         self.smtp = SmtpSettings(
             settings.smtp_host,
             settings.smtp_port,
@@ -180,13 +193,14 @@ class AlertsWorker:
         self.dispatcher.due(now_ms, deliver)
         return queued
 
-    def consume_loop(self) -> None:
+    def consume_loop(self, lost: threading.Event | None = None) -> None:
+        lost = lost or threading.Event()
         consumer = self._consumer()
         if consumer is None:
             return
         health = monitor("kafka")
         try:
-            while not self.stop.is_set():
+            while not self.stop.is_set() and not lost.is_set():
                 messages = consumer.consume(500, self.options.tick_s)
                 self.lag.observe(messages)
                 for msg in messages:
@@ -220,33 +234,88 @@ class AlertsWorker:
                               message_id=f"<{job.id}@fleet-enrich>")  # fmt: skip
         return Attempt(False, error=f"receiver {job.receiver} has no {job.kind} integration", retry=False)
 
-    def delivery_loop(self, receiver: str) -> None:
+    def delivery_loop(self, receiver: str, lost: threading.Event | None = None) -> None:
+        lost = lost or threading.Event()
         spec = self.config.receivers[receiver]
         hook = spec.webhook
         max_attempts = hook.max_attempts if hook else 8
         first = parse_duration(hook.backoff) / 1000 if hook else 1.0
         cap = parse_duration(hook.max_backoff) / 1000 if hook else 300.0
-        while not self.stop.is_set():
+        while not self.stop.is_set() and not lost.is_set():
             try:
                 if not work(
                     self.outbox, receiver, self.send, max_attempts=max_attempts, first_s=first, cap_s=cap
                 ):
                     self.stop.wait(self.options.tick_s)
+            except NotLeaderError:
+                lost.set()
             except redis.RedisError as exc:
                 if not self.stop.is_set():
                     log.warning("delivery loop of %s: %s", receiver, exc)
                 self.stop.wait(1.0)
 
+    def request_stop(self) -> None:
+        """Stop (signal handlers): the loops end, and calls waiting for Redis give up instead of retrying,
+        so a worker standing by for an unreachable Redis stops at once too."""
+        self.stop.set()
+        stop_retrying()
+
     def run(self) -> None:
-        threads = [threading.Thread(target=self.delivery_loop, args=(r,), daemon=True, name=f"deliver-{r}")
-                   for r in self.config.receivers]  # fmt: skip
-        for t in threads:
-            t.start()
+        """Stand by until this worker holds the lease, work while it does, stand by again if it is lost;
+        until stopped."""
         try:
-            self.consume_loop()
+            while not self.stop.is_set():
+                if self._acquire():
+                    self.active()
         finally:
             self.stop.set()
             stop_retrying()  # threads waiting for Redis give up instead of holding the exit
+
+    def _acquire(self) -> bool:
+        """One try at the lease; waits a third of the lease time after a miss."""
+        try:
+            if self.lease.acquire():
+                return True
+        except redis.RedisError as exc:
+            log.warning("alerts worker: taking the lease: %s", exc)
+        self.stop.wait(self.options.lease_ms / 3000)
+        return False
+
+    def active(self) -> None:
+        """One term as the active worker: fresh groups (rebuilt by the replay), fenced writes, a renewal
+        thread, the delivery threads and the consumer, until stopped or the lease is lost."""
+        token = self.lease.token
+        log.info("alerts worker %s is active (lease %s)", self.lease.name, token)
+        self.lost = lost = threading.Event()  # this term's own: a thread of an old term never sees it cleared
+        self.outbox.token = self.nlog.token = token
+        self.dispatcher = Dispatcher(self.config, self.nlog)
+        done = threading.Event()
+        threads = [threading.Thread(target=self.lease.keep, args=(lost, done), daemon=True, name="lease")]
+        threads += [threading.Thread(target=self.delivery_loop, args=(r, lost), daemon=True,
+                                     name=f"deliver-{r}") for r in self.config.receivers]  # fmt: skip
+        for t in threads:
+            t.start()
+        try:
+            self.consume_loop(lost)
+        except NotLeaderError:
+            lost.set()
+        except redis.RedisError as exc:  # a cluster client gives up after its retries: a new term later
+            log.warning("alerts worker %s: Redis failed (%s); leaving the term", self.lease.name, exc)
+            self.stop.wait(1.0)
+        finally:
+            lost.set()  # ends the delivery loops
+            done.set()
+            if self.stop.is_set():
+                stop_retrying()  # stopping: calls waiting for Redis give up instead of holding the exit
             deadline = time.monotonic() + 10
             for t in threads:
                 t.join(timeout=max(0.1, deadline - time.monotonic()))
+            self._release()  # compare-and-delete: a no-op when the lease is someone else's already
+            if not self.stop.is_set():
+                log.warning("alerts worker %s left its term (lease %s); standing by", self.lease.name, token)
+
+    def _release(self) -> None:
+        try:
+            self.lease.release()
+        except redis.RedisError as exc:  # it expires by itself
+            log.warning("alerts worker: releasing the lease: %s", exc)

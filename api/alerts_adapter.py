@@ -16,6 +16,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from alerts.matchers import parse_all
+from alerts.outbox import alerts_keyspace
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +43,7 @@ class SilenceDoc:
 class Silences:
     def __init__(self, client: aioredis.Redis, alerts_prefix: str = "alerts:") -> None:
         self.client = client
-        self.key = f"{alerts_prefix}silences"
+        self.key = f"{alerts_keyspace(alerts_prefix, client)}silences"
 
     async def all(self) -> list[SilenceDoc]:
         raw: Any = await self.client.hgetall(self.key)
@@ -103,5 +104,5 @@ class Silences:
 
 async def delivery_log(client: aioredis.Redis, alerts_prefix: str, incident_id: str) -> dict[str, Any]:
     """The delivery log of an incident: receiver → status, attempts, last error, HTTP status, time, job."""
-    raw: Any = await client.hgetall(f"{alerts_prefix}log:{incident_id}")
+    raw: Any = await client.hgetall(f"{alerts_keyspace(alerts_prefix, client)}log:{incident_id}")
     return {k.decode(): orjson.loads(v) for k, v in raw.items()}

@@ -83,7 +83,7 @@ def run(
     url = startup.serve_metrics(command, port, metrics_host, reg)
     worker = AlertsWorker(s, config)
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: worker.stop.set())
+        signal.signal(sig, lambda *_: worker.request_stop())
     logging.getLogger("alerts").info("alerts worker: %d receivers, outliers from %s on %s, state in %s",
                                      len(config.receivers), s.topic_outliers, s.kafka_bootstrap,
                                      s.redis_url)  # fmt: skip

@@ -123,8 +123,10 @@ def _requests(metrics: Any) -> Sample:
 
 
 def _store() -> tuple[RedisApiKeyStore, aioredis.Redis]:
+    from stores.redis_client import api_client
+
     s = get_settings()
-    client = aioredis.Redis.from_url(s.redis_url)
+    client = api_client(s)  # a cluster client for a redis+cluster:// URL
     return RedisApiKeyStore(client, s.api_prefix), client
 
 

@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -130,6 +130,25 @@ def _smtp_greets(host: str, port: int, timeout: float) -> str | None:
     return None if banner.startswith("220") else f"SMTP {host}:{port} greeted {banner.strip()!r}"
 
 
+def _alerts_node(url: str, prefix: str, timeout: float) -> Any:
+    """A plain client of the Redis the alerts worker uses: on a Redis Cluster, the master of the alerts
+    slot (where the lease is polled and every alerts key lives), so its client list shows the worker."""
+    import redis
+
+    from alerts.outbox import alerts_keyspace
+    from stores.redis_client import cluster_url
+
+    plain = cluster_url(url)
+    if plain is None:
+        return redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    cluster: Any = redis.RedisCluster.from_url(plain, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        node = cluster.get_node_from_key(f"{alerts_keyspace(prefix, cluster)}leader")
+        return redis.Redis(node.host, node.port, socket_connect_timeout=timeout, socket_timeout=timeout)
+    finally:
+        cluster.close()
+
+
 @health_app.command("alerts")
 def alerts(
     idle: Annotated[float, typer.Option(help="Max seconds since the worker last used Redis")] = 30.0,
@@ -153,8 +172,9 @@ def alerts(
             _config()
         except Exception as exc:  # any load error makes the worker useless
             _fail(f"alerts config: {exc}")
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    client = None
     try:
+        client = _alerts_node(settings.redis_url, settings.alerts_prefix, timeout)
         client.ping()
         me = client.client_info()
         clients = client.client_list(_type="normal")
@@ -162,7 +182,8 @@ def alerts(
         _fail(f"Redis {settings.redis_url}: {exc}")
         return
     finally:
-        client.close()
+        if client is not None:
+            client.close()
     if dependencies:
         admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "log_level": 0})
         try:

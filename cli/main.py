@@ -45,14 +45,20 @@ console = Console(soft_wrap=True)
 
 
 @stack_app.command("up")
-def stack_up(timeout: float = 180.0) -> None:
+def stack_up(
+    timeout: float = 180.0,
+    redis_cluster: Annotated[
+        bool, typer.Option(help="Also start a three-master Redis Cluster (prints its redis+cluster:// URL)")
+    ] = False,
+) -> None:
     """Install what is missing, start Kafka and Redis, wait until both answer, create the topics."""
     from stack.errors import StackError
     from stack.manager import Stack
 
     settings = get_settings()
+    stack = Stack(settings)
     try:
-        timings = Stack(settings).up(timeout=timeout)
+        timings = stack.up(timeout=timeout, redis_cluster=redis_cluster)
     except StackError as exc:
         console.print(f"[red]stack up failed:[/red] {exc}")
         raise typer.Exit(1) from exc
@@ -61,11 +67,13 @@ def stack_up(timeout: float = 180.0) -> None:
         f"start {timings['start']:.1f}s, topics {timings['topics']:.1f}s): "
         f"kafka {settings.kafka_bootstrap}, redis {settings.redis_url}"
     )
+    if redis_cluster:
+        console.print(f"redis cluster: {stack.redis_cluster().url}  (ENRICH_REDIS_URL to use it)")
 
 
 @stack_app.command("down")
 def stack_down() -> None:
-    """Stop the Kafka and Redis processes that `stack up` started (nothing else)."""
+    """Stop the Kafka and Redis processes that `stack up` started (nothing else; the Redis Cluster too)."""
     from stack.manager import Stack
 
     stopped = Stack(get_settings()).down()

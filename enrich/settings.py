@@ -113,6 +113,12 @@ class Settings(BaseSettings):
     # Alerts
     alerts_config: Path | None = Field(None, description="Alert routing YAML (default: alerts/default.yaml)")
     alerts_prefix: str = Field("alerts:", description="Redis key prefix of outbox, logs and silences")
+    alerts_lease_ms: int = Field(
+        5000,
+        ge=500,
+        description="Lease of the active alerts worker (high availability): a standby takes over at most "
+        "this long (plus a third) after the active worker died",
+    )
 
     # Notifications
     smtp_host: str = "127.0.0.1"

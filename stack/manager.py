@@ -9,6 +9,7 @@ from enrich.settings import Settings
 from stack.errors import StackError
 from stack.kafka import KafkaBroker
 from stack.procs import wait_until
+from stack.redis_cluster import RedisClusterStack
 from stack.redis_server import RedisServer, redis_answers
 from stack.topics import broker_ready, create_topics, topic_specs
 
@@ -34,12 +35,20 @@ class Stack:
             max_message_bytes=settings.kafka_max_message_bytes,
         )
         self.redis = RedisServer(root / "redis", port=settings.redis_port)
+        self.cluster_root = root / "redis-cluster"
+
+    def redis_cluster(self) -> RedisClusterStack:
+        """The optional three-master Redis Cluster (``stack up --redis-cluster``) under the state dir."""
+        return RedisClusterStack(self.cluster_root)
 
     def redis_ready(self) -> bool:
         return redis_answers(self.settings.redis_url)
 
-    def up(self, *, timeout: float = 120.0, log: bool = True) -> dict[str, float]:
-        """Install what is missing, start what is not running, wait until ready, create topics.
+    def up(
+        self, *, timeout: float = 120.0, log: bool = True, redis_cluster: bool = False
+    ) -> dict[str, float]:
+        """Install what is missing, start what is not running, wait until ready, create topics; with
+        ``redis_cluster`` also the three-master Redis Cluster (its URL: ``redis_cluster().url``).
 
         Returns the seconds spent per step. Idempotent: running components are left alone.
         """
@@ -55,6 +64,8 @@ class Stack:
             self.settings.kafka_bootstrap, timeout=1.0
         ):
             self.kafka.start()
+        if redis_cluster:
+            self.redis_cluster().start(timeout)
         if not wait_until(self.redis_ready, timeout):
             raise StackError(f"Redis did not answer PING on {self.settings.redis_url} within {timeout:.0f}s")
         if not wait_until(self._kafka_ready_or_dead, timeout, interval=0.25):
@@ -79,6 +90,8 @@ class Stack:
         for name, proc in (("kafka", self.kafka.process), ("redis", self.redis.process)):
             if proc.stop():
                 stopped.append(name)
+        if self.cluster_root.exists() and self.redis_cluster().stop():
+            stopped.append("redis-cluster")
         return stopped
 
     def status(self) -> list[ComponentStatus]:
@@ -92,4 +105,12 @@ class Stack:
                 self.settings.kafka_bootstrap,
             ),
             ComponentStatus("redis", rpid, self.redis_ready(), self.settings.redis_url),
+            *self._cluster_status(),
         ]
+
+    def _cluster_status(self) -> list[ComponentStatus]:
+        if not (self.cluster_root / "ports").exists():
+            return []  # never started: not part of this stack
+        cluster = self.redis_cluster()
+        pids = cluster.running()
+        return [ComponentStatus("redis-cluster", pids[0], all(pids) and cluster.ready(), cluster.url)]

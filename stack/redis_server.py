@@ -53,10 +53,11 @@ def install_redis_server() -> str:
 
 
 class RedisServer:
-    def __init__(self, root: Path, *, port: int, host: str = "127.0.0.1") -> None:
+    def __init__(self, root: Path, *, port: int, host: str = "127.0.0.1", extra_config: str = "") -> None:
         self.root = root.resolve()
         self.port = port
         self.host = host  # bind address (loopback for the local stack)
+        self.extra_config = extra_config  # more redis.conf lines (e.g. cluster mode)
         self.config = self.root / "redis.conf"
         self.process = Managed("redis", self.root / "redis.pid", str(self.root))
 
@@ -75,7 +76,7 @@ class RedisServer:
             "appendonly yes\n"
             "appendfsync everysec\n"
             "save 900 1\n"
-            "maxmemory-policy noeviction\n"
+            "maxmemory-policy noeviction\n" + self.extra_config
         )
 
     def start(self) -> bool:

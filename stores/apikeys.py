@@ -24,6 +24,8 @@ from typing import Any, Protocol
 import orjson
 import redis.asyncio as aioredis
 
+from stores.redis_client import one_slot
+
 KEY_RE = re.compile(r"^fe_([0-9a-f]{12})_([A-Za-z0-9_-]{43})$")
 MAX_KEY_LEN = 64
 
@@ -97,9 +99,12 @@ def _now() -> int:
 
 
 class RedisApiKeyStore:
+    """On a Redis Cluster every key carries the hash tag ``{api}`` (``one_slot``): a key's hash and the
+    ``keys`` set are written in one MULTI, which must touch one slot."""
+
     def __init__(self, client: aioredis.Redis, prefix: str = "api:") -> None:
         self.client = client
-        self.prefix = prefix
+        self.prefix = one_slot(prefix, client, "api")
 
     def _key(self, kid: str) -> str:
         return f"{self.prefix}key:{kid}"

@@ -15,6 +15,16 @@ Every retry goes through ``MonitoredRetry``, which reports to ``connectors.healt
 log line and one ``enrich_dependency_outages_total`` per outage, ``enrich_dependency_up`` 0 while it lasts.
 ``ensure_retrying(client)`` installs the unlimited retry on a client built elsewhere (the stores call it
 for the clients they are given).
+
+Redis Cluster: a URL ``redis+cluster://host:port`` (``rediss+cluster://`` with TLS; any node of the
+cluster, the others are discovered) makes every factory here return redis-py's cluster client
+(``RedisCluster``, sync or asyncio) instead. Stores key their data with hash tags so every Lua script and
+MULTI touches one slot (``one_slot``), and split cross-slot work per slot (``stores/vehicles``).
+redis-py's cluster client follows ``MOVED``/``ASK`` redirections, and re-reads the slot map and retries a
+command that met a lost node (``CLUSTER_RETRIES`` times). It does not wait for ever as the single
+instance's clients do: a cluster outage longer than those retries raises to the caller (bytewax restarts
+the worker from its recovery state; the alerts worker's loops log and retry), and it is not reported to the
+dependency monitor.
 """
 
 from __future__ import annotations
@@ -22,10 +32,12 @@ from __future__ import annotations
 import copy
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import redis
 import redis.asyncio as aioredis
+import redis.asyncio.cluster as aiocluster
+import redis.cluster
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
@@ -42,6 +54,32 @@ BACKOFF_CAP_S = 5.0
 WORKER_SOCKET_TIMEOUT_S = 30.0  # a command slower than this is treated as lost and retried
 API_SOCKET_TIMEOUT_S = 2.0
 _SHUTTING_DOWN = threading.Event()
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+CLUSTER_RETRIES = 20
+
+# A client of either kind: the stores take both (redis-py's cluster client has the same commands).
+SyncRedis = redis.Redis | redis.cluster.RedisCluster
+AsyncRedis = aioredis.Redis | aiocluster.RedisCluster
+
+
+def cluster_url(url: str) -> str | None:
+    """The plain ``redis://`` URL of a ``redis+cluster://`` one, or None when ``url`` is no cluster URL."""
+    scheme, sep, rest = url.partition("://")
+    plain = CLUSTER_SCHEMES.get(scheme.lower())
+    return f"{plain}{sep}{rest.split('/', 1)[0]}" if plain and sep else None
+
+
+def is_cluster(client: object) -> bool:
+    return isinstance(client, redis.cluster.RedisCluster | aiocluster.RedisCluster)
+
+
+def one_slot(prefix: str, client: object, tag: str) -> str:
+    """The key prefix of a store whose keys must share one slot (its Lua scripts and MULTIs touch several):
+    on a cluster ``<prefix>{<tag>}:`` (the hash tag puts every key in the slot of ``tag``), unchanged on a
+    single instance or when ``prefix`` carries a hash tag of its own."""
+    if not is_cluster(client) or ("{" in prefix and "}" in prefix.split("{", 1)[1]):
+        return prefix
+    return f"{prefix}{{{tag}}}:"
 
 
 def stop_retrying() -> None:
@@ -94,10 +132,23 @@ def worker_retry() -> MonitoredRetry:
     return MonitoredRetry(ExponentialWithJitterBackoff(base=BACKOFF_BASE_S, cap=BACKOFF_CAP_S), UNLIMITED)
 
 
+def _cluster_retry() -> Retry:
+    return Retry(ExponentialWithJitterBackoff(base=BACKOFF_BASE_S, cap=BACKOFF_CAP_S), CLUSTER_RETRIES)
+
+
 def redis_client(settings: Settings, url: str | None = None) -> redis.Redis:
-    """A client for a worker: waits through Redis outages (see the module docstring)."""
+    """A client for a worker: waits through Redis outages (see the module docstring). A cluster client for a
+    ``redis+cluster://`` URL (typed as ``redis.Redis``: the commands the stores use are the same)."""
+    target = url or settings.redis_url
+    plain = cluster_url(target)
+    if plain is not None:
+        client: Any = redis.cluster.RedisCluster.from_url(
+            plain, retry=_cluster_retry(), socket_timeout=WORKER_SOCKET_TIMEOUT_S,
+            socket_connect_timeout=5.0, socket_keepalive=True,
+        )  # fmt: skip
+        return cast(redis.Redis, client)
     return redis.Redis.from_url(
-        url or settings.redis_url,
+        target,
         retry=worker_retry(),
         retry_on_error=list(RETRY_ON),
         socket_timeout=WORKER_SOCKET_TIMEOUT_S,
@@ -110,6 +161,13 @@ def redis_client(settings: Settings, url: str | None = None) -> redis.Redis:
 def quick_client(settings: Settings) -> redis.Redis:
     """A blocking client that gives up after two quick retries (HTTP API, one-shot commands)."""
     retry = MonitoredRetry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 2)
+    plain = cluster_url(settings.redis_url)
+    if plain is not None:
+        client: Any = redis.cluster.RedisCluster.from_url(
+            plain, retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 2),
+            socket_timeout=API_SOCKET_TIMEOUT_S, socket_connect_timeout=API_SOCKET_TIMEOUT_S,
+        )  # fmt: skip
+        return cast(redis.Redis, client)
     return redis.Redis.from_url(settings.redis_url, retry=retry, retry_on_error=list(RETRY_ON),
                                 socket_timeout=API_SOCKET_TIMEOUT_S,
                                 socket_connect_timeout=API_SOCKET_TIMEOUT_S)  # fmt: skip
@@ -118,6 +176,13 @@ def quick_client(settings: Settings) -> redis.Redis:
 def api_client(settings: Settings) -> aioredis.Redis:
     """An asyncio client for the HTTP API: two quick retries, then the error (answered as 503)."""
     retry = AsyncRetry(ExponentialWithJitterBackoff(base=0.05, cap=0.5), 2, RETRY_ON)  # type: ignore[arg-type]
+    plain = cluster_url(settings.redis_url)
+    if plain is not None:
+        client: Any = aiocluster.RedisCluster.from_url(
+            plain, retry=retry, socket_timeout=API_SOCKET_TIMEOUT_S,
+            socket_connect_timeout=API_SOCKET_TIMEOUT_S,
+        )  # fmt: skip
+        return cast(aioredis.Redis, client)
     return aioredis.Redis.from_url(
         settings.redis_url,
         retry=retry,
@@ -128,7 +193,10 @@ def api_client(settings: Settings) -> aioredis.Redis:
 
 
 def ensure_retrying(client: redis.Redis) -> redis.Redis:
-    """Make ``client`` wait through outages like ``redis_client`` (no-op when it already does)."""
+    """Make ``client`` wait through outages like ``redis_client`` (no-op when it already does, and for a
+    cluster client, whose retries are its own)."""
+    if is_cluster(client):
+        return client
     if not isinstance(client.get_retry(), MonitoredRetry):
         client.set_retry(worker_retry())
     return client

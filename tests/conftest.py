@@ -10,6 +10,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,6 +67,59 @@ def redis_url() -> Iterator[str]:
         host = container.get_container_host_ip()
         port = container.get_exposed_port(6379)
         yield f"redis://{host}:{port}/0"
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis Cluster (three masters) as a ``redis+cluster://host:port`` URL: ``ENRICH_REDIS_CLUSTER_URL``
+    when set, else a private cluster of Debian's redis-server started for this session (and stopped at
+    its end) with the stack's code (``stack.redis_cluster``)."""
+    env = os.environ.get("ENRICH_REDIS_CLUSTER_URL")
+    if env:
+        yield env
+        return
+    from stack.redis_cluster import private_cluster
+    from stack.redis_server import find_redis_server
+
+    if find_redis_server() is None:
+        _missing("Redis Cluster (redis-server)")
+    with private_cluster(tmp_path_factory.mktemp("redis-cluster")) as url:
+        yield url
+
+
+@pytest.fixture(params=["single", "cluster"])
+def any_redis_url(request: pytest.FixtureRequest) -> str:
+    """The URL of a single Redis instance, then of a Redis Cluster (a test runs against both)."""
+    if request.param == "single":
+        return str(request.getfixturevalue("redis_url"))
+    return str(request.getfixturevalue("redis_cluster_url"))
+
+
+def sync_client(url: str) -> Any:
+    """A plain redis-py client (cluster client for a ``redis+cluster://`` URL), no retry policy."""
+    import redis
+
+    from stores.redis_client import cluster_url
+
+    plain = cluster_url(url)
+    return redis.RedisCluster.from_url(plain) if plain else redis.Redis.from_url(url)
+
+
+def async_client(url: str) -> Any:
+    import redis.asyncio as aioredis
+    from redis.asyncio.cluster import RedisCluster
+
+    from stores.redis_client import cluster_url
+
+    plain = cluster_url(url)
+    return RedisCluster.from_url(plain) if plain else aioredis.Redis.from_url(url)
+
+
+def delete_prefix(client: Any, prefix: str) -> None:
+    """Delete a test's keys (every node of a cluster)."""
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    for key in keys:
+        client.delete(key)
 
 
 @pytest.fixture

@@ -302,7 +302,9 @@ def test_flow_pods_are_one_bytewax_process_each(flow: str, tmp_path: Path) -> No
 def test_alerts_config_renders_from_configmap_and_secret_and_loads(tmp_path: Path) -> None:
     docs = build()
     alerts = by_kind(docs, "Deployment")["alerts"]
-    assert alerts["spec"]["replicas"] == 1 and alerts["spec"]["strategy"]["type"] == "Recreate"
+    # high availability: two replicas (one active by the lease), rolled one at a time, one kept on drains
+    assert alerts["spec"]["replicas"] == 2 and alerts["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert by_kind(docs, "PodDisruptionBudget")["alerts"]["spec"]["minAvailable"] == 1
     pod = alerts["spec"]["template"]
     (init,) = pod["spec"]["initContainers"]
     (main,) = pod["spec"]["containers"]

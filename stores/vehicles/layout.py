@@ -25,18 +25,44 @@ Recent signal history (the console's charts; ``model.SeriesConfig``)
 Change stream
 * ``changes`` stream — one entry per flow batch: ``s`` = ``car,version,cid;…`` and ``i`` = JSON list of
   incident summaries. Trimmed to about ``stream_maxlen`` entries.
+
+On a Redis Cluster (``Keys(prefix, cluster=True)``, chosen by the stores from their client) the names get
+hash tags: a car's document goes to one of ``DOC_SHARDS`` tags by car id, ``<prefix>{v<car % 64>}:car:<id>``
+(the documents, most of the memory, spread over the masters; a batch writes one ``MSET`` per tag); every
+other key — indexes, incidents, the change stream — carries the tag ``{ix}``, ``<prefix>{ix}:ix:all`` …,
+so the index moves of a batch, the incident script and the readers' multi-key index reads each touch one
+slot. The index slot lives on one master: it holds about half of the store's memory (see the README's
+figures) and takes one Lua call per batch. A prefix with a hash tag of its own keeps every key in that
+one slot (the single-instance names).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+DOC_SHARDS = 64
+INDEX_TAG = "ix"
+
+
+def has_tag(prefix: str) -> bool:
+    return "{" in prefix and "}" in prefix.split("{", 1)[1]
+
 
 @dataclass(frozen=True, slots=True)
 class Keys:
-    prefix: str
+    prefix: str  # where every key but a car's document starts (``<prefix>{ix}:`` when sharded)
+    docs: str = ""  # the state prefix as configured
+    sharded: bool = False
+
+    @classmethod
+    def of(cls, prefix: str, cluster: bool = False) -> Keys:
+        if cluster and not has_tag(prefix):
+            return cls(f"{prefix}{{{INDEX_TAG}}}:", prefix, True)
+        return cls(prefix, prefix, False)
 
     def car(self, car_id: int | str) -> str:
+        if self.sharded:
+            return f"{self.docs}{{v{int(car_id) % DOC_SHARDS}}}:car:{car_id}"
         return f"{self.prefix}car:{car_id}"
 
     @property

@@ -6,10 +6,15 @@ other filters on index entries of that chunk (``HMGET ix:meta``, ``ZMSCORE``, ``
 trip per chunk) and fetches only the documents of the page. A request looks at no more than ``max_scan``
 index entries: when the filters are very selective a page can come back short (even empty) with a next
 cursor, as a filtered DynamoDB scan does. Cost grows with the page and the chunk, never with the fleet.
+
+On a Redis Cluster (``stores.vehicles.layout``) every index read stays in the one ``{ix}`` slot; the
+documents of a page are fetched per slot in one pipelined round trip (``mget_nonatomic``), and a vehicle
+with its incidents is two calls at once (its document, and the incident script on the index slot).
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Collection, Mapping
 from typing import Any
@@ -18,6 +23,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from enrich.pipeline.state import public_bytes, public_document
+from stores.redis_client import is_cluster
 from stores.vehicles.layout import Keys
 from stores.vehicles.model import (
     TAG_COLUMNS,
@@ -47,6 +53,16 @@ for _, id in ipairs(ids) do
 end
 return out
 """
+INCIDENTS_LUA = r"""
+local out = {}
+local ids = redis.call('SMEMBERS', KEYS[1])
+table.sort(ids)
+for _, id in ipairs(ids) do
+  local rec = redis.call('GET', ARGV[1] .. id)
+  if rec then out[#out + 1] = rec end
+end
+return out
+"""  # VEHICLE_LUA without the document: the cluster path, where the document lives in another slot
 GEO_EPSILON = 1e-4
 MAX_MERGE = 16  # more allowed classes than this: drive from ix:all and check the class per entry
 
@@ -82,16 +98,24 @@ class RedisVehicleReader:
         self.client: Any = (
             client  # redis-py's async typing is loose (bytes | str | Awaitable); see decode=False
         )
-        self.keys = Keys(prefix)
+        self.keys = Keys.of(prefix, is_cluster(client))
         self.tag_columns = tuple(tag_columns)
         self.classes_ttl_s = classes_ttl_s
         self._vehicle = client.register_script(VEHICLE_LUA)
+        self._incidents = client.register_script(INCIDENTS_LUA)
         self._classes: dict[str, Tags] = {}
         self._classes_at = -1e9
 
     # -- vehicles --------------------------------------------------------------------------------------
     async def vehicle(self, car_id: int) -> tuple[bytes, list[bytes]] | None:
-        """The state document of a car and the records of its firing incidents (one call)."""
+        """The state document of a car and the records of its firing incidents (one call; on a cluster two
+        at once)."""
+        if self.keys.sharded:
+            doc, records = await asyncio.gather(
+                self.client.get(self.keys.car(car_id)),
+                self._incidents(keys=[self.keys.car_incidents(car_id)], args=[self.keys.incident("")]),
+            )
+            return None if doc is None else (public_bytes(doc), list(records))
         out = await self._vehicle(keys=[self.keys.car(car_id), self.keys.car_incidents(car_id)],
                                   args=[self.keys.incident("")])  # fmt: skip
         if not out:
@@ -102,8 +126,14 @@ class RedisVehicleReader:
         """State documents of these cars (one MGET); missing ones are left out."""
         if not car_ids:
             return {}
-        raws = await self.client.mget([self.keys.car(c) for c in car_ids])
+        raws = await self._mget_docs(car_ids)
         return {c: public_bytes(r) for c, r in zip(car_ids, raws, strict=True) if r is not None}
+
+    async def _mget_docs(self, car_ids: list[int]) -> list[bytes | None]:
+        keys = [self.keys.car(c) for c in car_ids]
+        if self.keys.sharded:  # split per slot, one pipelined round trip
+            return list(await self.client.mget_nonatomic(keys))
+        return list(await self.client.mget(keys))
 
     async def classes(self) -> dict[str, Tags]:
         """Every tag class seen (id → tags). Classes are only ever added, so the cache is refreshed when
@@ -251,7 +281,7 @@ class RedisVehicleReader:
     ) -> Page:
         if not ids:
             return Page([], nxt, scanned)
-        raws = await self.client.mget([self.keys.car(c) for c in ids])
+        raws = await self._mget_docs(ids)
         items = []
         for raw in raws:
             if raw is None:

@@ -18,6 +18,13 @@ index entries). Cost per car per batch, in Redis commands (variadic commands sha
   formatted sample, its two arguments in the batch's one ``EVALSHA`` of the series script, and in Redis
   an RPUSH and an LTRIM of its bounded list.
 
+On a Redis Cluster (``stores.vehicles.layout``: documents spread over ``DOC_SHARDS`` hash tags, everything
+else in the ``{ix}`` slot) the same commands travel as: one ``MSET`` per document tag present in the batch
+plus the index moves in one ``EVALSHA`` of ``BATCH_LUA`` (atomic on the index slot, what the MULTI is on
+one instance) and the incident script — one pipelined round trip to every master at once — and then the
+change-stream ``XADD``, so a change entry is never seen before its documents: two round trips per batch,
+still O(1) commands' share per car.
+
 The writer remembers each car's meta and location from its own writes (a dict per process; cars are
 partitioned by bucket, so one writer owns a car). A car it has not written yet costs one extra ``HMGET
 ix:meta`` round trip, once, shared by all such cars of the batch (after a restart, or a new car). Every
@@ -32,7 +39,8 @@ from typing import Any
 import orjson
 import redis
 
-from stores.vehicles.layout import Keys
+from stores.redis_client import is_cluster
+from stores.vehicles.layout import DOC_SHARDS, Keys
 from stores.vehicles.model import (
     DEFAULT_SERIES,
     FILTER_FIELDS,
@@ -104,6 +112,49 @@ return 1
 """
 
 
+BATCH_LUA = r"""
+-- ARGV: n, command, its n - 1 arguments, n, command, ... : run them in one atomic step (one slot)
+local i = 1
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+return 1
+"""
+LUA_CHUNK = 1000  # elements per recorded command (Lua's unpack handles a few thousand values)
+
+
+class _Recorded:
+    """The pipeline methods the index moves use, recorded as flat ``BATCH_LUA`` arguments (cluster path);
+    variadic commands are split into chunks Lua's ``unpack`` can take."""
+
+    def __init__(self) -> None:
+        self.args: list[Any] = []
+
+    def _add(self, head: list[Any], items: list[Any], width: int) -> None:
+        step = LUA_CHUNK * width
+        for i in range(0, len(items), step):
+            part = items[i : i + step]
+            self.args += [len(head) + len(part), *head, *part]
+
+    def zadd(self, name: str, mapping: Mapping[str, float]) -> None:
+        self._add(["ZADD", name], [x for m, score in mapping.items() for x in (score, m)], 2)
+
+    def zrem(self, name: str, *members: str) -> None:
+        self._add(["ZREM", name], list(members), 1)
+
+    def hset(self, name: str, key: str | None = None, value: Any = None,
+             mapping: Mapping[str, Any] | None = None) -> None:  # fmt: skip
+        pairs = [x for kv in (mapping or {}).items() for x in kv]
+        if key is not None:
+            pairs += [key, value]
+        self._add(["HSET", name], pairs, 2)
+
+    def geoadd(self, name: str, values: list[Any]) -> None:
+        self._add(["GEOADD", name], values, 3)
+
+
 class RedisVehicleWriter:
     """``VehicleWriter`` on Redis (layout in ``stores.vehicles.layout``)."""
 
@@ -119,7 +170,7 @@ class RedisVehicleWriter:
         self.client = client
         self.series = series
         self._series_at: dict[int, int] = {}  # car -> event time of its last sample (this process's)
-        self.keys = Keys(prefix)
+        self.keys = Keys.of(prefix, is_cluster(client))
         self.tag_columns = tuple(tag_columns)
         self.stream_maxlen = stream_maxlen
         self._meta: dict[int, Meta] = {}
@@ -196,6 +247,26 @@ class RedisVehicleWriter:
                 if r is not None:
                     self._meta[car] = Meta.unpack(r.decode())
         incidents, summaries = self._incident_args(outliers, classes)
+        if k.sharded:
+            changed = self._send_sharded(states, seen, geo_add, geo_del, classes, new_meta, incidents,
+                                         stream, summaries, sampled)  # fmt: skip
+        else:
+            changed = self._send(
+                docs, seen, geo_add, geo_del, classes, new_meta, incidents, stream, summaries, sampled
+            )
+        self._meta.update({c: new_meta[c] for c in changed})
+        self._loc.update(new_loc)
+        self._cids.update(classes)
+        series_at.update(new_at)
+
+    def _send(self, docs: dict[str, bytes], seen: dict[str, int], geo_add: list[Any], geo_del: list[str],
+              classes: dict[str, bytes], new_meta: dict[int, Meta], incidents: list[str],
+              stream: list[tuple[int, int, str]], summaries: list[dict[str, Any]],
+              sampled: list[str]) -> list[int]:  # fmt: skip
+        """One instance: the whole batch in one MULTI/EXEC, one round trip. Returns the cars whose meta
+        changed."""
+        k = self.keys
+        changed: list[int] = []
         for attempt in (1, 2):
             pipe = self.client.pipeline(transaction=True)
             if docs:
@@ -211,7 +282,7 @@ class RedisVehicleWriter:
             if incidents:
                 pipe.evalsha(self._script(INCIDENT_LUA), 0, self.keys.prefix, *incidents)
             if sampled:
-                pipe.evalsha(self._script(SERIES_LUA), 0, prefix, self.series.points, *sampled)
+                pipe.evalsha(self._script(SERIES_LUA), 0, k.prefix, self.series.points, *sampled)
             fields: dict[str, str] = {}
             if stream:
                 fields["s"] = pack_states(stream)
@@ -225,10 +296,54 @@ class RedisVehicleWriter:
                 self._shas.clear()  # Redis lost its scripts (restart): load again, replay the batch
                 if attempt == 2:
                     raise
-        self._meta.update({c: new_meta[c] for c in changed})
-        self._loc.update(new_loc)
-        self._cids.update(classes)
-        series_at.update(new_at)
+        return changed
+
+    def _send_sharded(self, states: Mapping[int, VehicleStateWrite], seen: dict[str, int],
+                      geo_add: list[Any], geo_del: list[str], classes: dict[str, bytes],
+                      new_meta: dict[int, Meta], incidents: list[str], stream: list[tuple[int, int, str]],
+                      summaries: list[dict[str, Any]], sampled: list[str]) -> list[int]:  # fmt: skip
+        """Redis Cluster: one MSET per document tag, the index moves (one BATCH_LUA call) and the incident
+        script in one pipelined round trip to all masters; then the change entry. Returns the cars whose
+        meta changed."""
+        k = self.keys
+        groups: dict[int, dict[str, bytes]] = {}
+        for car, w in states.items():
+            groups.setdefault(car % DOC_SHARDS, {})[k.car(car)] = w.body
+        rec = _Recorded()
+        if seen:
+            rec.zadd(k.seen, seen)
+        if geo_add:
+            rec.geoadd(k.geo, geo_add)
+        if geo_del:
+            rec.zrem(k.geo, *geo_del)
+        for cid, tags_json in classes.items():
+            rec.hset(k.classes, cid, tags_json)
+        changed = self._index_moves(rec, new_meta)
+        for attempt in (1, 2):
+            pipe: Any = self.client.pipeline(transaction=False)  # redis-py's ClusterPipeline
+            for group in groups.values():  # (redis-py blocks mset in cluster pipelines; one slot each here)
+                pipe.execute_command("MSET", *[x for kv in group.items() for x in kv])
+            if rec.args:
+                pipe.execute_command("EVALSHA", self._script(BATCH_LUA), 1, k.all, *rec.args)
+            if incidents:
+                pipe.execute_command("EVALSHA", self._script(INCIDENT_LUA), 1, k.all, k.prefix, *incidents)
+            if sampled:  # the series lists live in the index slot too (``Keys.series``)
+                pipe.execute_command("EVALSHA", self._script(SERIES_LUA), 1, k.all, k.prefix,
+                                     self.series.points, *sampled)  # fmt: skip
+            try:
+                pipe.execute()
+                break
+            except redis.exceptions.NoScriptError:
+                self._shas.clear()  # a node lost its scripts: load again, replay the batch
+                if attempt == 2:
+                    raise
+        fields: dict[str, str] = {}
+        if stream:
+            fields["s"] = pack_states(stream)
+        if summaries:
+            fields["i"] = orjson.dumps(summaries).decode()
+        self.client.xadd(k.changes, fields, maxlen=self.stream_maxlen, approximate=True)  # type: ignore[arg-type]
+        return changed
 
     def _index_moves(self, pipe: Any, new_meta: Mapping[int, Meta]) -> list[int]:
         """Queue the index changes of the cars whose meta changed; return those cars."""

@@ -12,7 +12,6 @@ from typing import Any
 
 import orjson
 import pytest
-import redis
 from aiosmtpd.controller import Controller
 
 from alerts.config import WebhookSpec
@@ -57,13 +56,14 @@ class Receiver:
 
 
 @pytest.fixture
-def outbox(redis_url: str) -> Iterator[Outbox]:
-    client = redis.Redis.from_url(redis_url)
+def outbox(any_redis_url: str) -> Iterator[Outbox]:
+    """The outbox on one Redis instance, then on a Redis Cluster."""
+    from tests.conftest import delete_prefix, sync_client
+
+    client = sync_client(any_redis_url)
     prefix = f"t{uuid.uuid4().hex[:8]}:alerts:"
     yield Outbox(client, prefix)
-    keys = list(client.scan_iter(match=f"{prefix}*", count=10_000))
-    if keys:
-        client.delete(*keys)
+    delete_prefix(client, prefix)
 
 
 def run(outbox: Outbox, spec: WebhookSpec, now: float, allowed: tuple[str, ...] = LOOPBACK) -> list[str]:
