@@ -19,7 +19,7 @@ from typing import Any
 import redis
 
 from bench.common import bench_settings, env_for, produce_all
-from enrich.tables import DEFAULT_TABLES
+from enrich.tables import load_model
 from simulator.workload import make_workload
 from stores.redis_snapshot import RedisSnapshotStore
 
@@ -52,8 +52,8 @@ def main() -> None:
     tail: Any = client.xrevrange(feed, count=1)
     first, last = head[0][0].decode(), tail[0][0].decode()
     span = (int(last.split("-")[0]) - int(first.split("-")[0])) / 1000
-    store = RedisSnapshotStore(client, DEFAULT_TABLES, prefix=s.snapshot_prefix)
-    ok = all(store.rows(t) == wl.truth[t] for t in DEFAULT_TABLES)
+    store = RedisSnapshotStore.from_settings(s, client)
+    ok = all(store.rows(t) == wl.truth[t] for t in load_model(s.tables_file).tables)
     print(
         f"snapshot flow ({args.format}): {n:,} CDC messages in {wall:.2f}s wall = "
         f"{n / wall:,.0f}/s incl. start-up; "

@@ -98,6 +98,15 @@ def _wait_caught_up(settings: Settings, console: Console, target: int, timeout: 
     return done
 
 
+def _booking_role(settings: Settings) -> str:
+    """The child role that names the renting customer (the simulator's reservations)."""
+    from enrich.tables import load_model
+    from simulator.shape import Shape
+
+    booking = Shape(load_model(settings.tables_file)).booking
+    return booking.name if booking is not None else ""
+
+
 def _show_states(settings: Settings, console: Console, truth: dict[str, Any]) -> None:
     client = redis.Redis.from_url(settings.redis_url)
     incident_cars = [i["car_id"] for i in truth["incidents"] if not i["control"]][:3]
@@ -109,7 +118,7 @@ def _show_states(settings: Settings, console: Console, truth: dict[str, Any]) ->
         st = public_document(orjson.loads(raw))
         sig = {k: v["value"] for k, v in st["signals"].items()}
         car = st["car"] or {}
-        res = st["reservation"] or {}
+        res = st.get(_booking_role(settings)) or {}
         table.add_row(
             str(st["car_id"]),
             str(car.get("model", "?")),
@@ -161,7 +170,7 @@ def _show_outliers(settings: Settings, console: Console, truth: dict[str, Any], 
     for e in sorted(events, key=lambda e: (e["rule_id"], e["car_id"], e["status"] != "firing"))[-24:]:
         key = (e["rule_id"], e["car_id"])
         verdict = "yes" if key in expected else ("CONTROL - should not alert" if key in controls else "-")
-        res = e["snapshot"]["reservation"] or {}
+        res = e["snapshot"].get(_booking_role(settings)) or {}
         table.add_row(e["rule_id"], str(e["car_id"]), e["status"],
                       time.strftime("%H:%M:%S", time.gmtime(e["starts_at"] / 1000)),
                       res.get("customer_email", "-"), verdict)  # fmt: skip

@@ -19,12 +19,13 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from enrich.records import Record
+from enrich.records import EnrichedRow, Record
 
 RAW_SCHEMA = pa.schema(
     [
@@ -93,7 +94,7 @@ class Intervals:
             self.add(run_start, prev)
 
 
-EnrichedRow = tuple[int, str, int | None, int, str, bytes]  # offset, event_id, car_id, ts, status, JSON
+HistoryKind = Literal["raw", "enriched"]
 _HOUR_MS = 3_600_000
 
 
@@ -210,7 +211,7 @@ class HistoryWriter:
         return written
 
 
-def read_history(root: Path, kind: str) -> pa.Table:
+def read_history(root: Path, kind: HistoryKind) -> pa.Table:
     """Every row of one kind (raw | enriched) under ``root``."""
     files = sorted((root / kind).glob("date=*/hour=*/*.parquet"))
     if not files:

@@ -68,6 +68,16 @@ def redis_url() -> Iterator[str]:
         yield f"redis://{host}:{port}/0"
 
 
+@pytest.fixture(scope="session")
+def redis_cluster_url() -> str:
+    """A Redis Cluster for the cluster variants of store tests: ``ENRICH_REDIS_CLUSTER_URL`` (any node's
+    URL); they skip where none is given (`enrich stack up --redis-cluster` provides one)."""
+    url = os.environ.get("ENRICH_REDIS_CLUSTER_URL")
+    if not url:
+        pytest.skip("no Redis Cluster (ENRICH_REDIS_CLUSTER_URL unset)")
+    return url
+
+
 @pytest.fixture
 def unique() -> Callable[[str], str]:
     """Unique names per test (topics, key prefixes), so tests never see each other's data."""
