@@ -13,6 +13,7 @@ import pytest
 import redis
 from confluent_kafka import Producer
 
+from enrich.pipeline.state import public_document
 from enrich.settings import Settings
 from simulator.cdc import CdcEncoder
 from simulator.run import SimConfig, Simulation
@@ -136,7 +137,10 @@ def test_late_rows_missing_rows_out_of_order_and_bad_input(settings: Settings, t
 
         def d1_seen() -> bool:  # one GET, not a scan: the late event waits only join_max_wait_ms
             raw: Any = client.get(f"{settings.state_prefix}car:1")
-            return raw is not None and orjson.loads(raw)["signals"]["Vehicle.Speed"]["seq"] == 10
+            return (
+                raw is not None
+                and public_document(orjson.loads(raw))["signals"]["Vehicle.Speed"]["seq"] == 10
+            )
 
         assert wait_until(d1_seen, 60)
         late_row = enc.encode("deviceinfo", "insert", {"device_id": "late", "car_id": 1}, 3)[0]
