@@ -134,9 +134,7 @@ def budget(s: Settings, records: list[Record] | None = None) -> dict[str, float]
     with tempfile.TemporaryDirectory() as tmp:
         writer = HistoryWriter(Path(tmp))
         history_s, _ = _timed(
-            lambda: [
-                writer.write(jb.topic, jb.partition, jb.records, jb.enriched_rows) for jb in joined_batches
-            ]
+            lambda: [writer.write(jb.topic, jb.partition, jb.records, jb.history) for jb in joined_batches]
         )
     scratch = s.topic_enriched + ".stages"
     create_topics(s.kafka_bootstrap, [TopicSpec(scratch, s.stream_partitions)])

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_right
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -116,9 +116,9 @@ class Timeline:
 
     __slots__ = ("segments", "single", "starts")
 
-    def __init__(self, starts: list[int], segments: list[Merged]) -> None:
-        self.starts = starts
-        self.segments = segments
+    def __init__(self, starts: Sequence[int], segments: Sequence[Merged]) -> None:
+        self.starts = tuple(starts)  # ints only: nothing for the garbage collector to visit
+        self.segments = tuple(segments)
         self.single: Merged | None = segments[0] if len(segments) == 1 else None
 
     def at(self, t: int) -> Merged:

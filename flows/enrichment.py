@@ -30,7 +30,7 @@ from connectors.kafka_writer import KafkaWriter
 from enrich.asof import Timeline
 from enrich.pipeline.join import CarEvents, JoinBatch, JoinConfig, JoinCore, JoinState, Lookup
 from enrich.pipeline.state import BucketInput, StateCore, StateOut, StateSnapshot
-from enrich.records import EnrichedRow, PartitionBatch
+from enrich.records import EnrichedColumns, PartitionBatch
 from enrich.rules.engine import RuleEngine
 from enrich.rules.model import load_rules
 from enrich.settings import Settings
@@ -185,7 +185,7 @@ class _OutPartition(StatefulSinkPartition[JoinBatch, None]):
         self.flush_s = settings.history_flush_s
         self.max_rows = 200_000
         self._raw: dict[tuple[str, int], list[object]] = {}
-        self._rows: dict[tuple[str, int], list[EnrichedRow]] = {}
+        self._rows: dict[tuple[str, int], EnrichedColumns] = {}
         self._buffered = 0
         self._last_flush = time.monotonic()
 
@@ -203,11 +203,14 @@ class _OutPartition(StatefulSinkPartition[JoinBatch, None]):
                 n += len(out.bodies)
             if out.dead:
                 self.enriched.send_letters(out.dead, "telemetry.decode")
-            if out.records or out.enriched_rows:
+            if out.records or out.history.rows:
                 key = (out.topic, out.partition)
                 self._raw.setdefault(key, []).extend(out.records)
-                self._rows.setdefault(key, []).extend(out.enriched_rows)
-                self._buffered += len(out.records) + len(out.enriched_rows)
+                rows = self._rows.get(key)
+                if rows is None:
+                    rows = self._rows[key] = EnrichedColumns.empty()
+                rows.extend(out.history)
+                self._buffered += len(out.records) + out.history.rows
         self.enriched.poll()
         metrics.EVENTS_OUT.inc(n)
         if self._buffered >= self.max_rows or time.monotonic() - self._last_flush >= self.flush_s:
@@ -218,7 +221,7 @@ class _OutPartition(StatefulSinkPartition[JoinBatch, None]):
         and file is delivered (the end of an epoch)."""
         start = time.perf_counter()
         for key in set(self._raw) | set(self._rows):
-            self.history.write(key[0], key[1], self._raw.get(key, []), self._rows.get(key, []))  # type: ignore[arg-type]
+            self.history.write(key[0], key[1], self._raw.get(key, []), self._rows.get(key))  # type: ignore[arg-type]
         self._raw.clear()
         self._rows.clear()
         self._buffered = 0

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from enrich.records import EnrichedRow, Record
+from enrich.records import EnrichedColumns, Record
 
 RAW_SCHEMA = pa.schema(
     [
@@ -172,7 +172,7 @@ class HistoryWriter:
         return written
 
     def write(
-        self, topic: str, partition: int, raw: Sequence[Record], enriched: Sequence[EnrichedRow]
+        self, topic: str, partition: int, raw: Sequence[Record], enriched: EnrichedColumns | None
     ) -> list[Path]:
         """Write the rows of one partition not on disk yet (each file in the date/hour partition of its
         rows: raw by Kafka timestamp, enriched by event time); returns the files written."""
@@ -193,17 +193,16 @@ class HistoryWriter:
                 schema=RAW_SCHEMA,
             )
             written += self._write("raw", topic, partition, table, kafka_ts)
-        if enriched:
-            offsets, ids, cars, ts, statuses, bodies = zip(*enriched, strict=True)
-            times = pa.array(ts, pa.int64())
+        if enriched is not None and enriched.rows:
+            times = pa.array(enriched.ts, pa.int64())
             table = pa.Table.from_arrays(
                 [
-                    pa.array(offsets, pa.int64()),
-                    pa.array(ids, pa.string()),
-                    pa.array(cars, pa.int64()),
+                    pa.array(enriched.offsets, pa.int64()),
+                    pa.array(enriched.event_ids, pa.string()),
+                    pa.array(enriched.car_ids, pa.int64()),
                     times,
-                    pa.array(statuses, pa.string()),
-                    pa.array(bodies, pa.binary()).view(pa.string()),  # orjson output: valid UTF-8
+                    pa.array(enriched.statuses, pa.string()),
+                    pa.array(enriched.bodies, pa.binary()).view(pa.string()),  # orjson output: valid UTF-8
                 ],
                 schema=ENRICHED_SCHEMA,
             )

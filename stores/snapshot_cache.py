@@ -25,7 +25,8 @@ from enrich.asof import Gathered, Timeline, build_timeline
 from stores.redis_snapshot import RedisSnapshotStore
 from stores.snapshot_codec import decode_feed
 
-Dep = tuple[str, str]  # (table, pk) of a row a timeline read; ("", car) for the car's indexes
+Dep = str  # "<table> TAB <pk>" of a row a timeline read; "TAB <car>" for the car's indexes (a string: no
+# object the garbage collector has to visit, per dependency of a cached timeline)
 
 
 class CachedSnapshot:
@@ -82,10 +83,10 @@ class CachedSnapshot:
                     if not line.pk:  # a truncate
                         self.clear()
                         continue
-                    for pk in list(self._readers.get((line.table, line.pk), ())):
+                    for pk in list(self._readers.get(f"{line.table}\t{line.pk}", ())):
                         self._forget(pk)
                     if line.car is not None and line.table in self._indexed:
-                        for pk in list(self._readers.get(("", line.car), ())):
+                        for pk in list(self._readers.get(f"\t{line.car}", ())):
                             self._forget(pk)
             if len(entries) < 1000:
                 return lines
@@ -100,12 +101,12 @@ class CachedSnapshot:
         model = self.model
         if not g.root or any(not h for h in g.cars.values()):
             return  # not all there yet: never cache a miss
-        deps: list[Dep] = [(model.device, pk)]
+        deps: list[Dep] = [f"{model.device}\t{pk}"]
         for car in g.cars:
-            deps += [(model.car, car), ("", car)]
-            deps += [(model.device, d) for d in g.devices.get(car, {})]
+            deps += [f"{model.car}\t{car}", f"\t{car}"]
+            deps += [f"{model.device}\t{d}" for d in g.devices.get(car, {})]
             for child in model.children:
-                deps += [(child.table, k) for k in g.children.get(car, {}).get(child.name, {})]
+                deps += [f"{child.table}\t{k}" for k in g.children.get(car, {}).get(child.name, {})]
         self._cache[pk] = timeline
         self._deps[pk] = deps
         for dep in deps:

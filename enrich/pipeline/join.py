@@ -35,7 +35,7 @@ from enrich.asof import Timeline
 from enrich.deadletter import dead_letter
 from enrich.errors import DecodeError
 from enrich.pipeline.encode import Attrs, Fragment, encode, fragment
-from enrich.records import EnrichedRow, Record
+from enrich.records import EnrichedColumns, Record
 from enrich.tables import DEFAULT_MODEL, JoinModel
 from enrich.telemetry import DEFAULT_MAX_BYTES, Telemetry, decode_telemetry
 
@@ -71,22 +71,41 @@ class JoinState:
     pending: list[Pending] = field(default_factory=list)
 
 
+NO_ROWS: Attrs = (None, {})
+
+
 @dataclass(slots=True)
 class CarEvents:
-    """What one batch says about one car: its events in arrival order, each with the car's snapshot rows
-        as of the event's time (``attrs[i]`` belongs to ``events[i]``), whether the car had several devices at
-        the time of any of them (``devices``; ``multi``: their events must be merged in event-time order from
-    the first),
-        and the newest event time."""
+    """What one batch says about one car: its events in arrival order with the car's snapshot rows as of
+    each event's time — ``attrs`` for all of them, or ``each[i]`` for ``events[i]`` once they differ —, how
+    many devices the car had (the most at the time of one of them; ``multi``: several, so its events must
+    be merged in event-time order from the first), and the newest event time."""
 
     events: list[Telemetry]
-    attrs: list[Attrs] = field(default_factory=list)
+    attrs: Attrs = NO_ROWS  # the rows of every event (while ``each`` is None)
+    each: list[Attrs] | None = None  # the rows of each event, once they differ between events
     devices: int = 0  # the most devices the car had at the time of one of the events (0: unknown)
     newest: int = -1
 
     @property
     def multi(self) -> bool:
         return self.devices > 1
+
+    def add(self, tel: Telemetry, attrs: Attrs) -> None:
+        """One more event, with the car's rows as of its time."""
+        if not self.events:
+            self.attrs = attrs
+        elif self.each is not None:
+            self.each.append(attrs)
+        elif attrs is not self.attrs:
+            self.each = [self.attrs] * len(self.events) + [attrs]
+        self.events.append(tel)
+        if tel.ts > self.newest:
+            self.newest = tel.ts
+
+    def rows(self) -> list[Attrs]:
+        """The rows of each event."""
+        return self.each if self.each is not None else [self.attrs] * len(self.events)
 
 
 @dataclass(slots=True)
@@ -100,7 +119,7 @@ class JoinBatch:
     dead_reasons: dict[str, int] = field(default_factory=dict)
     cars: dict[int, CarEvents] = field(default_factory=dict)
     records: list[Record] = field(default_factory=list)  # the raw history: every record read
-    enriched_rows: list[EnrichedRow] = field(default_factory=list)
+    history: EnrichedColumns = field(default_factory=EnrichedColumns.empty)  # bodies: the ``bodies`` list
     attempts: dict[int, int] = field(default_factory=dict)  # message index -> retries (events that waited)
     progress: int = 0
     idle: bool = False  # the partition reported it is idle (no records; see enrich.pipeline.watermark)
@@ -142,6 +161,7 @@ class JoinCore:
         clock = time.thread_time  # CPU time of this thread: robust on a shared machine
         t0 = clock()
         out = JoinBatch(records=records)
+        out.history = EnrichedColumns([], [], [], [], [], out.bodies)
         if records:
             out.topic, out.partition = records[0].topic, records[0].partition
         elif self.state.pending:
@@ -231,15 +251,25 @@ class JoinCore:
         out.keys.append(frag.key if frag.key is not None else tel.device_id.encode())
         out.bodies.append(body)
         out.sources.append(rec)
-        out.enriched_rows.append(EnrichedRow(rec.offset, event_id, car, tel.ts, frag.status, body))
+        history = out.history
+        history.offsets.append(rec.offset)
+        history.event_ids.append(event_id)
+        history.car_ids.append(car)
+        history.ts.append(tel.ts)
+        history.statuses.append(frag.status)
         out.progress = max(out.progress, tel.ts)
         if car is not None:
             ce = out.cars.get(car)
-            if ce is None:
-                ce = out.cars[car] = CarEvents([])
+            if ce is None:  # (CarEvents.add, inlined: this runs once per event)
+                out.cars[car] = CarEvents([tel], frag.attrs, None, frag.devices, tel.ts)
+                return
             ce.events.append(tel)
-            ce.attrs.append(frag.attrs)
+            attrs = frag.attrs
+            if ce.each is not None:
+                ce.each.append(attrs)
+            elif attrs is not ce.attrs:
+                ce.each = [ce.attrs] * (len(ce.events) - 1) + [attrs]
             if frag.devices > ce.devices:
                 ce.devices = frag.devices
-            if tel.ts >= ce.newest:
+            if tel.ts > ce.newest:
                 ce.newest = tel.ts

@@ -296,11 +296,11 @@ class StateCore:
                 cs.multi = len(parts) < ce.devices or len(set(parts.values())) > 1
             if cs.multi or cs.held:
                 self._hold(cs, ce, wall_ms, out)
-            elif len(ce.events) < 2:
-                attrs = ce.attrs[0]
-                self._car_events(cs, ce.events, attrs[0], attrs[1], ce.newest, wall_ms, out)
+            elif ce.each is None:  # one set of rows for every event
+                events = ce.events if len(ce.events) < 2 else _in_order(ce.events)
+                self._car_events(cs, events, ce.attrs[0], ce.attrs[1], ce.newest, wall_ms, out)
             else:
-                self._fold_runs(cs, *_in_order(ce.events, ce.attrs), wall_ms, out)
+                self._fold_runs(cs, *_in_order_with(ce.events, ce.each), wall_ms, out)
             touched.add(car_id)
         if wm is not None and self._holding and self._holding[0][0] < wm:
             touched.update(self._release(wm, wall_ms, out))
@@ -339,7 +339,7 @@ class StateCore:
         """A car whose devices report on several partitions sees its events in (time, sequence, device)
         order, whatever order the partitions deliver them in: each waits until every partition of the
         car has passed its time (the car's watermark), so 1 or N processes give the same result."""
-        cs.held.extend(zip(ce.events, ce.attrs, strict=True))
+        cs.held.extend(zip(ce.events, ce.rows(), strict=True))
         self._release_car(cs, wall_ms, out)
 
     def _release_car(self, cs: CarState, wall_ms: int, out: StateOut) -> None:
@@ -549,17 +549,25 @@ def _held_order(h: Held) -> Stamp:
     return (h[0].ts, h[0].seq, h[0].device_id)
 
 
-def _in_order(events: list[Telemetry], attrs: list[Attrs]) -> tuple[list[Telemetry], list[Attrs]]:
-    """``events`` (and their rows) by (event time, sequence, device); they usually arrive so, and are
-    then returned as they are."""
+def _in_order(events: list[Telemetry]) -> list[Telemetry]:
+    """``events`` by (event time, sequence, device); they usually arrive so, and are then returned as
+    they are."""
     prev = _order(events[0])
     for tel in events[1:]:
         stamp = _order(tel)
         if stamp < prev:
-            order = sorted(range(len(events)), key=lambda i: _order(events[i]))
-            return [events[i] for i in order], [attrs[i] for i in order]
+            return sorted(events, key=_order)
         prev = stamp
-    return events, attrs
+    return events
+
+
+def _in_order_with(events: list[Telemetry], attrs: list[Attrs]) -> tuple[list[Telemetry], list[Attrs]]:
+    """``_in_order`` for events with their own rows."""
+    ordered = _in_order(events)
+    if ordered is events:
+        return events, attrs
+    at = {id(tel): a for tel, a in zip(events, attrs, strict=True)}
+    return ordered, [at[id(tel)] for tel in ordered]
 
 
 def _merge_older(
@@ -582,9 +590,7 @@ def fold_documents(
     """The state documents of cars after folding ``events`` (no rules): the flow's fold, for tests/tools."""
     core = StateCore(RuleEngine([]))
     cars = {
-        car: CarEvents(
-            list(evs), [((rows or {}).get(car), {})] * len(evs), 0, max((t.ts for t in evs), default=-1)
-        )
+        car: CarEvents(list(evs), ((rows or {}).get(car), {}), None, 0, max((t.ts for t in evs), default=-1))
         for car, evs in events.items()
     }
     out = core.process(BucketInput(cars, "", 0), now_ms)

@@ -49,9 +49,8 @@ def replay(
             ce = cars.get(e["car_id"])
             if ce is None:
                 ce = cars[e["car_id"]] = CarEvents([])
-            ce.events.append(Telemetry(e["device_id"], e["ts"], e["seq"], e["signals"]))
-            ce.attrs.append((e.get("car"), {c.name: e.get(c.name) for c in model.children}))
-            ce.newest = max(ce.newest, e["ts"])
+            rows = (e.get("car"), {c.name: e.get(c.name) for c in model.children})
+            ce.add(Telemetry(e["device_id"], e["ts"], e["seq"], e["signals"]), rows)
         progress = max(e["ts"] for e in ordered[start : start + chunk])
         result = core.process(BucketInput(cars, "replay", progress), progress)
         out += [orjson.loads(body) for _car, body in result.outliers]

@@ -81,7 +81,7 @@ def test_enriched_bytes_are_the_document_and_keyed_by_car() -> None:
     assert first["reservation"]["customer_email"] == "a@b.c" and first["car"]["model"] == "Kia Ray"
     assert batch.keys == [b"7", b"7"] and [r.offset for r in batch.sources] == [0, 1]
     assert batch.progress == NOW and list(batch.cars) == [7] and len(batch.cars[7].events) == 2
-    assert [r[1] for r in batch.enriched_rows] == ["d7:1", "d7:2"]
+    assert batch.history.event_ids == ["d7:1", "d7:2"] and batch.history.bodies is batch.bodies
 
 
 def test_missing_rows_wait_then_join_or_leave_as_missing() -> None:
@@ -178,7 +178,7 @@ def test_events_join_the_rows_of_their_own_time() -> None:
             (d["reservation"] or {}).get("customer_email")) for d in docs(batch)]  # fmt: skip
     assert got == [("new", 7, "ok", "bob@x"), ("old", 7, "ok", "ann@x"), ("old", 7, "ok", None)]
     # Rules see each event with the rows of its time, too.
-    assert [c[1]["reservation"] for c in batch.cars[7].attrs] == [
+    assert [c[1]["reservation"] for c in batch.cars[7].rows()] == [
         docs(batch)[0]["reservation"], docs(batch)[1]["reservation"], None
     ]  # fmt: skip
     # A replay from the beginning (a fresh core, the same records) gives byte-identical events.

@@ -61,9 +61,7 @@ def feed(
     cars: dict[int, CarEvents] = {}
     for car, tel in events:
         ce = cars.setdefault(car, CarEvents([], devices=devices))
-        ce.events.append(tel)
-        ce.attrs.append(({**CAR_ROW, "car_id": car}, {"reservation": None}))
-        ce.newest = max(ce.newest, tel.ts)
+        ce.add(tel, ({**CAR_ROW, "car_id": car}, {"reservation": None}))
     progress = max((t.ts for _c, t in events), default=0)
     return core.process(BucketInput(cars, partition, progress, idle), 0)
 

@@ -91,7 +91,7 @@ def test_state_merge_keeps_the_newest_value_per_signal_in_any_order() -> None:
         core = StateCore(RuleEngine([]))
         doc: dict[str, object] = {}
         for e in order:  # one batch per event: the worst case for ordering
-            out = core.process(BucketInput({7: CarEvents([e], [(None, {})], 0, e.ts)}, "", 0), 1)  # type: ignore[list-item, attr-defined]
+            out = core.process(BucketInput({7: CarEvents([e], (None, {}), None, 0, e.ts)}, "", 0), 1)  # type: ignore[list-item, attr-defined]
             doc = orjson.loads(public_bytes(out.states[7]))
         return doc
 
@@ -112,8 +112,8 @@ def test_intervals_and_history_replays_do_not_duplicate(tmp_path: Path) -> None:
     assert list(zip(iv.starts, iv.ends, strict=True)) == [(3, 3), (5, 11)]
     writer = HistoryWriter(tmp_path)
     rows = [Record("telemetry", 0, o, b"k", b"v%d" % o, 1_700_000_000_000) for o in range(100, 110)]
-    writer.write("telemetry", 0, rows[:6], [])
+    writer.write("telemetry", 0, rows[:6], None)
     # A replay from offset 103 after a restart (a fresh writer reads what is on disk).
-    HistoryWriter(tmp_path).write("telemetry", 0, rows[3:], [])
+    HistoryWriter(tmp_path).write("telemetry", 0, rows[3:], None)
     table = read_history(tmp_path, "raw")
     assert sorted(table.column("offset").to_pylist()) == list(range(100, 110))
