@@ -29,9 +29,15 @@ def main() -> None:
     ap.add_argument("--changes", type=int, default=300_000)
     ap.add_argument("--format", default="debezium", choices=["debezium", "dms"])
     ap.add_argument("--keys", type=int, default=20_000)
+    ap.add_argument(
+        "--repoint",
+        type=float,
+        default=1.0,
+        help="share of device/child updates that point the row at another car (default: all)",
+    )
     args = ap.parse_args()
     s = bench_settings()
-    wl = make_workload(args.format, args.changes, keys=args.keys)
+    wl = make_workload(args.format, args.changes, keys=args.keys, repoint=args.repoint)
     produce_all(s.kafka_bootstrap, [(s.cdc_topic(t), k, v) for k, v, t in wl.messages])
     n = sum(1 for _k, v, _t in wl.messages if v is not None)
     t0 = time.perf_counter()

@@ -37,7 +37,7 @@ from enrich.tables import JoinModel
 INF = float("inf")
 DEFAULT_HORIZON_MS = 24 * 3600 * 1000
 DEFAULT_MAX_VERSIONS = 16
-PRUNE_EVERY = 4  # an index is pruned at one in this many row endings (chosen by the ending's time)
+PRUNE_EVERY = 16  # an index is pruned at one in this many row endings (chosen by the ending's time)
 
 
 @dataclass(frozen=True, slots=True)

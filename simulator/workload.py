@@ -20,9 +20,18 @@ class Workload:
 
 
 def make_workload(
-    fmt: CdcFormat, changes: int, *, keys: int = 2000, seed: int = 5, model: JoinModel = DEFAULT_MODEL
+    fmt: CdcFormat,
+    changes: int,
+    *,
+    keys: int = 2000,
+    seed: int = 5,
+    model: JoinModel = DEFAULT_MODEL,
+    repoint: float = 1.0,
 ) -> Workload:
-    """Random changes to the tables of ``model`` (the car table, the device table, each child table)."""
+    """Random changes to the tables of ``model`` (the car table, the device table, each child table).
+    ``repoint``: the share of updates of a device or child row that point it at another (random) car; the
+    default 1.0 moves every one, a real fleet database far fewer (devices are swapped now and then,
+    reservations stay with their car)."""
     rng = random.Random(seed)
     enc = CdcEncoder(fmt, tables=model.tables)
     tables = [model.car, model.device, *(c.table for c in model.children)]
@@ -48,6 +57,10 @@ def make_workload(
             if child.choose.by == "status":
                 row[child.choose.column] = rng.choice([*sorted(child.choose.values), "ENDED"])
         current = wl.truth[table].get(str(pk))
+        if current is not None and repoint < 1.0 and table != model.car and rng.random() >= repoint:
+            via = model.via_of(table)
+            if via is not None:
+                row[via] = current[via]  # the row stays with its car
         if current is not None and rng.random() < 0.2:
             msgs = enc.encode(table, "delete", current, 1_700_000_000_000 + n)
             del wl.truth[table][str(pk)]

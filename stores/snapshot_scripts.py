@@ -121,7 +121,9 @@ for i = APPLY_HEAD + 1, #ARGV, CHANGE_FIELDS do
   elseif pos > floor_of(t) then
     local key = row_key(t, pk)
     -- newest position, its since, versions, since of the second oldest, deleted, car, index score
-    local h = redis.call('HMGET', key, 'p', 's', 'n', 'o', 'd', 'f', 'r')
+    local h
+    if score == '' then h = redis.call('HMGET', key, 'p', 's', 'n', 'o', 'd')
+    else h = redis.call('HMGET', key, 'p', 's', 'n', 'o', 'd', 'f', 'r') end
     if h[1] and pos <= h[1] then
       if MODE == 'rows' and score ~= '' and h[6] then  -- a replay: restate the index entry
         index_write(h[6], t, pk, h[7], '0', tonumber(h[2]))
