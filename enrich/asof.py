@@ -117,9 +117,10 @@ class Timeline:
     __slots__ = ("segments", "single", "starts")
 
     def __init__(self, starts: Sequence[int], segments: Sequence[Merged]) -> None:
-        self.starts = tuple(starts)  # ints only: nothing for the garbage collector to visit
-        self.segments = tuple(segments)
+        # one stretch (the common case): just ``single``; tuples otherwise (ints only: untracked by the GC)
         self.single: Merged | None = segments[0] if len(segments) == 1 else None
+        self.starts = tuple(starts) if self.single is None else (BEGINNING,)
+        self.segments = tuple(segments) if self.single is None else ()
 
     def at(self, t: int) -> Merged:
         single = self.single
@@ -130,9 +131,11 @@ class Timeline:
 
     @property
     def latest(self) -> Merged:
-        return self.segments[-1]
+        return self.single if self.single is not None else self.segments[-1]
 
     def __repr__(self) -> str:
+        if self.single is not None:
+            return f"Timeline({self.single!r})"
         return f"Timeline({list(zip(self.starts, self.segments, strict=True))!r})"
 
 

@@ -16,7 +16,6 @@ have come back with a different change feed (e.g. without persistence), so nothi
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
@@ -42,8 +41,8 @@ class CachedSnapshot:
         self.feed_interval_s = feed_interval_s
         self._polled_at = -1e18
         self._cache: dict[str, Timeline] = {}
-        self._readers: dict[Dep, set[str]] = defaultdict(set)  # what a cached timeline read -> devices
-        self._deps: dict[str, list[Dep]] = {}  # device -> what its timeline read
+        self._readers: dict[Dep, str | set[str]] = {}  # what a cached timeline read -> device(s)
+        self._deps: dict[str, tuple[Dep, ...]] = {}  # device -> what its timeline read
         self._indexed = {self.model.device, *(c.table for c in self.model.children)}
         self._health = monitor("redis")
         self._generation = self._health.generation
@@ -60,12 +59,18 @@ class CachedSnapshot:
         if self._cache.pop(pk, None) is None:
             return
         self.invalidations += 1
+        readers = self._readers
         for dep in self._deps.pop(pk, ()):
-            readers = self._readers.get(dep)
-            if readers is not None:
-                readers.discard(pk)
-                if not readers:
-                    del self._readers[dep]
+            found = readers.get(dep)
+            if found is None:
+                continue
+            if isinstance(found, str):
+                if found == pk:
+                    del readers[dep]
+            else:
+                found.discard(pk)
+                if not found:
+                    del readers[dep]
 
     def poll_feed(self) -> int:
         """Apply the feed entries since the last poll. Returns the number of change lines read."""
@@ -83,10 +88,10 @@ class CachedSnapshot:
                     if not line.pk:  # a truncate
                         self.clear()
                         continue
-                    for pk in list(self._readers.get(f"{line.table}\t{line.pk}", ())):
+                    for pk in self._readers_of(f"{line.table}\t{line.pk}"):
                         self._forget(pk)
                     if line.car is not None and line.table in self._indexed:
-                        for pk in list(self._readers.get(f"\t{line.car}", ())):
+                        for pk in self._readers_of(f"\t{line.car}"):
                             self._forget(pk)
             if len(entries) < 1000:
                 return lines
@@ -108,9 +113,22 @@ class CachedSnapshot:
             for child in model.children:
                 deps += [f"{child.table}\t{k}" for k in g.children.get(car, {}).get(child.name, {})]
         self._cache[pk] = timeline
-        self._deps[pk] = deps
-        for dep in deps:
-            self._readers[dep].add(pk)
+        self._deps[pk] = tuple(deps)  # strings only: untracked by the garbage collector
+        readers = self._readers
+        for dep in deps:  # one reader: the device id itself; several: a set of them
+            found = readers.get(dep)
+            if found is None or found == pk:
+                readers[dep] = pk
+            elif isinstance(found, str):
+                readers[dep] = {found, pk}
+            else:
+                found.add(pk)
+
+    def _readers_of(self, dep: Dep) -> list[str]:
+        found = self._readers.get(dep)
+        if found is None:
+            return []
+        return [found] if isinstance(found, str) else list(found)
 
     def lookup(self, pks: Iterable[str]) -> dict[str, Timeline]:
         if self._health.generation != self._generation:  # Redis was away: trust nothing cached
