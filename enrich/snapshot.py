@@ -15,10 +15,13 @@ Semantics (shared by the Redis store in ``stores/`` and the in-memory twin below
 * a truncate records its position and time for the table: rows at or before it are gone from then on,
   changes at or before it are ignored;
 * the car keeps an **index** per table that points at it (its devices, and each child table): the rows
-  that did within the history, each with the time until which it can still be chosen
-  (``Choice.until``; rows chosen "latest" until a sibling changes after them). When a row of an index
-  stops being chosen (at one in ``PRUNE_EVERY`` such endings, picked by its time), the entries whose time
-  is older than the horizon are dropped, so a car's index holds its recent children, not all it ever had;
+  that did within the history, each with the time until which it can still be chosen while it stays
+  with the car (``Choice.until``; rows chosen "latest" until a sibling changes after them). When a row of
+  an index stops being chosen (at one in ``PRUNE_EVERY`` such endings, picked by its time), the entries
+  whose time is older than the horizon are dropped, so a car's index holds its recent children, not all
+  it ever had. A row that moves to another car (rare: a device swap) is not written to its old car's
+  index — the versions tell a lookup where it was when —, and a lookup drops an entry whose row keeps no
+  version pointing at the car (``stale_members``);
 * ``lookup`` returns, per device, its ``Timeline``: the merged device + car + chosen children record as
   of any time (``enrich.asof``), gathered in one call.
 """
@@ -124,6 +127,25 @@ def index_entry(model: JoinModel, ch: Change) -> IndexEntry | None:
     return IndexEntry(str(value), child.choose.until(row), child.choose.by == "latest")
 
 
+def stale_members(model: JoinModel, g: Gathered) -> list[tuple[str, str, str]]:
+    """(car, table, pk) of the index entries a lookup found whose row keeps no version pointing at the
+    car: it moved away (or was deleted) before the kept history began. They can never be chosen for the
+    car again, so the lookup drops them from its index."""
+    out = []
+    for car, devices in g.devices.items():
+        out += [(car, model.device, d) for d, h in devices.items() if not _points_at(h, car)]
+    for car, roles in g.children.items():
+        for child in model.children:
+            out += [
+                (car, child.table, k) for k, h in roles.get(child.name, {}).items() if not _points_at(h, car)
+            ]
+    return out
+
+
+def _points_at(history: History, car: str) -> bool:
+    return any(v.parent == car for v in history)
+
+
 class InMemorySnapshotStore:
     """The in-memory twin of the Redis snapshot store (same semantics; for unit tests and tools)."""
 
@@ -184,9 +206,7 @@ class InMemorySnapshotStore:
         return True
 
     def _index_update(self, ch: Change, entry: IndexEntry, since: int) -> None:
-        old = self._indexed_by.get((ch.table, ch.pk))
-        if old is not None and old != entry.parent:
-            self._index_put(old, ch.table, ch.pk, float(since), False, since)
+        # a row that points at another car now keeps its entry in the old car's index (``tidy``)
         self._indexed_by[(ch.table, ch.pk)] = entry.parent
         if entry.parent is not None:
             self._index_put(
@@ -234,6 +254,8 @@ class InMemorySnapshotStore:
                 c.name: {k: list(self._rows[c.table].get(k, [])) for k in self._index.get((car, c.table), {})}
                 for c in model.children
             }
+        for car, table, member in stale_members(model, g):
+            self._index[(car, table)].pop(member, None)
         return g
 
     def lookup(self, pks: Iterable[str]) -> dict[str, Timeline]:

@@ -30,7 +30,14 @@ from redis.crc import key_slot
 from enrich.asof import Gathered, History, Timeline, build_timeline, parents_of
 from enrich.cdc import Change
 from enrich.settings import Settings
-from enrich.snapshot import DEFAULT_HORIZON_MS, DEFAULT_MAX_VERSIONS, ApplyResult, StoredRow, in_apply_order
+from enrich.snapshot import (
+    DEFAULT_HORIZON_MS,
+    DEFAULT_MAX_VERSIONS,
+    ApplyResult,
+    StoredRow,
+    in_apply_order,
+    stale_members,
+)
 from enrich.tables import ChildRole, JoinModel, load_model
 from stores import snapshot_codec as codec
 from stores.redis_client import ensure_retrying
@@ -338,14 +345,24 @@ class RedisSnapshotStore:
                     out[codec.pk_of_row_key(self.prefix, table, key)] = history[-1].row
         return out
 
-    def gather(self, pks: list[str]) -> dict[str, Gathered]:
+    def gather(self, pks: list[str], *, tidy: bool = True) -> dict[str, Gathered]:
+        """What the timelines of ``pks`` need; with ``tidy``, index entries whose row keeps no version
+        pointing at the car are dropped from the index (``enrich.snapshot.stale_members``)."""
         if not pks:
             return {}
         if not self.cluster:
-            return decode_lookup(
-                self.model, self._lookup(args=lookup_args(self.model, self.prefix, pks)), pks
-            )
-        return self._gather_cluster(pks)
+            args = lookup_args(self.model, self.prefix, pks)
+            out = decode_lookup(self.model, self._lookup(args=args), pks)
+        else:
+            out = self._gather_cluster(pks)
+        if tidy:
+            stale = {s for g in out.values() for s in stale_members(self.model, g)}
+            if stale:
+                pipe = self.client.pipeline(transaction=False)
+                for car, table, member in stale:
+                    pipe.zrem(codec.index_key(self.prefix, self.model.car, car, table), member)
+                pipe.execute()
+        return out
 
     def _gather_cluster(self, pks: list[str]) -> dict[str, Gathered]:
         plan = cluster_gather_plan(self.model, self.prefix, pks)

@@ -168,7 +168,6 @@ for i = APPLY_HEAD + 1, #ARGV, CHANGE_FIELDS do
       if score ~= '' then
         local f, r = h[6], h[7]
         local latest = ARGV[i + 5] == 'L' or ARGV[i + 5] == 'lL'
-        if f and f ~= car then index_write(f, t, pk, s, '0', since) end
         if car ~= '' then
           if f ~= car or r ~= score or latest then
             index_write(car, t, pk, score, latest and '1' or '0', since)

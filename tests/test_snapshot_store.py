@@ -276,3 +276,25 @@ def test_another_shape_interval_and_latest_children(alt_store: SnapshotStore) ->
     ]  # fmt: skip
     assert line.latest.get("car") == {"vehicle_no": 5, "plate": "X"}
     assert line.latest.get("device") == {"imei": "imei-1", "vehicle_no": 5}
+
+
+def test_a_moved_row_leaves_its_old_cars_index_once_its_history_there_is_gone(
+    short_store: SnapshotStore,
+) -> None:
+    store = short_store
+    hour = 3_600_000
+
+    def devices_of_car_1() -> set[str]:
+        twin = isinstance(store, InMemorySnapshotStore)
+        g = store.gather("a") if twin else store.gather(["a"])["a"]  # type: ignore[attr-defined]
+        return set(g.devices["1"]) | {"a"}
+
+    store.apply([up("carinfo", 1, 1, load=True), up("carinfo", 2, 2, load=True)])
+    store.apply([up("deviceinfo", d, n, car_id=1, load=True) for n, d in ((3, "a"), (4, "m"))])
+    store.apply([up("deviceinfo", "m", 5, at=T0 + 1000, car_id=2)])  # m moves to car 2
+    assert devices_of_car_1() == {"a", "m"}  # m was car 1's until then: a's timeline needs it
+    assert store.lookup(["a"])["a"].at(T0).devices == 2
+    store.apply([up("deviceinfo", "m", 6, at=T0 + 3 * hour, car_id=2, rev=1)])  # m's car-1 history ages out
+    devices_of_car_1()  # the lookup finds m no longer pointing at car 1 anywhere in its history ...
+    assert devices_of_car_1() == {"a"}  # ... and drops it from car 1's index
+    assert store.lookup(["a"])["a"].latest.devices == 1
