@@ -15,8 +15,9 @@ row's hash tag, so each script call stays in one hash slot (Redis Cluster):
     oldest can go), ``d`` = ``1`` while the newest version is a delete (the key then expires after the
     tombstone TTL), ``f``/``r`` the car the newest version points at and the score written for it there;
 * ``<prefix>{<car table>:<car pk>}:i:<table>`` — the car's **index** of ``table`` (its devices, each child
-  table): a sorted set of row keys scored by until when the row can be chosen (``+inf``: while it stays
-  so); it shares the car row's hash slot;
+  table): a sorted set of row keys scored by until when the row can be chosen while it stays with the car
+  (``+inf``: while it stays so); a row that moved to another car stays until a lookup finds it keeps no
+  version pointing at this car. It shares the car row's hash slot;
 * ``<prefix>trunc:<table>`` — the table's last truncate: ``<position> US <since>``;
 * ``<prefix>changes`` — the change feed (a stream), one entry per applied batch, field ``c`` = lines
   ``<table> TAB <pk> TAB <car>`` joined by newlines (``pk`` empty for a truncate).
