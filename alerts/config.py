@@ -58,6 +58,12 @@ ALREADY_RESOLVED_HELP = (
 class EmailSpec(_Strict):
     to: list[str] = Field(default_factory=list, description="Fixed recipients")
     to_customer: bool = Field(False, description="Also the renting customer's address from the outlier")
+    customer_email: str = Field(
+        "reservation.customer_email",
+        pattern=r"^[a-z][a-z0-9_]*\.[^.\s]+$",
+        description="Where the customer's address is in the outlier's snapshot: <child role>.<column> of "
+        "the join model (ENRICH_TABLES_FILE)",
+    )
     send_resolved: bool = False
     notify_when_already_resolved: bool = Field(True, description=ALREADY_RESOLVED_HELP)
 

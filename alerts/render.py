@@ -85,11 +85,13 @@ def webhook_body(n: Notification, alerts: list[Alert] | None = None) -> bytes:
     return orjson.dumps(doc)
 
 
-def customer_email_of(n: Notification) -> str | None:
+def customer_email_of(n: Notification, path: str = "reservation.customer_email") -> str | None:
+    """The customer's address from the alerts' snapshots: ``path`` is ``<child role>.<column>``."""
+    role, column = path.split(".", 1)
     for a in [*n.firing, *n.resolved, *n.already_resolved]:
-        res = (a.event.get("snapshot") or {}).get("reservation") or {}
-        if res.get("customer_email"):
-            return str(res["customer_email"])
+        row = (a.event.get("snapshot") or {}).get(role) or {}
+        if row.get(column):
+            return str(row[column])
     return None
 
 

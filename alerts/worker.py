@@ -109,7 +109,7 @@ def jobs_for(n: Notification, spec: ReceiverSpec) -> list[Job]:
     if spec.email is not None:
         alerts = selected(n, spec.email)
         if alerts:
-            to = email_recipients(spec.email, customer_email_of(n))
+            to = email_recipients(spec.email, customer_email_of(n, spec.email.customer_email))
             subject, text, html = email_content(n, alerts)
             payload = {"to": to, "subject": subject, "text": text, "html": html}
             out.append(Job(mid + ".mail", spec.name, "email", payload, [a.incident_id for a in alerts]))

@@ -34,7 +34,7 @@ from api.readiness import kafka_admin, readiness
 from api.sse import Broker
 from enrich.rules.model import load_rules
 from enrich.settings import Settings, get_settings
-from enrich.tables import load_tables
+from enrich.tables import load_model
 from stores.apikeys import RedisApiKeyStore
 from stores.redis_client import API_SOCKET_TIMEOUT_S, RETRY_ON, api_client
 from stores.snapshot_reader import AsyncSnapshotReader
@@ -74,6 +74,7 @@ def _broker_client(s: Settings) -> aioredis.Redis:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     s: Settings = app.state.settings
+    model = load_model(s.tables_file)
     client = api_client(s)
     app.state.kafka_admin = kafka_admin(s)
     svc = Services(
@@ -83,9 +84,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         keys=RedisApiKeyStore(client, s.api_prefix),
         policies=app.state.policies,
         silences=Silences(client, s.alerts_prefix),
-        snapshot=AsyncSnapshotReader(client, load_tables(s.tables_file), s.snapshot_prefix),
+        snapshot=AsyncSnapshotReader(client, model, s.snapshot_prefix),
         cursors=Cursors(await _cursor_secret(client, s.api_prefix)),
-        rules=load_rules(s.rules_file),
+        rules=load_rules(s.rules_file, model.attribute_roles),
         metrics=app.state.metrics,
     )
     stream_client = _broker_client(s)

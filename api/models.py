@@ -62,13 +62,15 @@ class Location(BaseModel):
 
 
 class VehicleState(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"example": STATE})
+    """The latest state of a vehicle; beside ``car``, one field per child role of the join model (the
+    default model's: ``reservation``) holding the car's chosen row or null."""
+
+    model_config = ConfigDict(extra="allow", json_schema_extra={"example": STATE})
     car_id: int
     last_seen: int
     location: Location | None
     signals: dict[str, SignalValue]
     car: dict[str, Any] | None
-    reservation: dict[str, Any] | None
     devices: list[str]
     updated_at: int
     version: int
@@ -215,26 +217,33 @@ class IncidentDetail(Incident):
 
 
 class Device(BaseModel):
+    """A device's join: its row, its car's, and one field per child role of the join model (the default
+    model's: ``reservation``), as of ``at``."""
+
     model_config = ConfigDict(
+        extra="allow",
         json_schema_extra={
             "example": {
                 "device_id": "dev-000042",
+                "at": 1718000060000,
                 "device": {"device_id": "dev-000042", "car_id": 1042, "kind": "telematics"},
                 "car": CAR,
                 "reservation": None,
+                "devices": 1,
                 "positions": {
-                    "deviceinfo": "00000000000000000042",
-                    "carinfo": "00000000000000000007",
+                    "device": "L00000000000024023128",
+                    "car": "L00000000000024023000",
                     "reservation": None,
                 },
             }
-        }
+        },
     )
     device_id: str
+    at: int | None = Field(description="The event time the join is as of (null: the newest rows)")
     device: dict[str, Any]
     car: dict[str, Any] | None
-    reservation: dict[str, Any] | None
-    positions: dict[str, str | None] = Field(description="Source position of each row (CDC offset order)")
+    devices: int = Field(description="How many devices the car had then")
+    positions: dict[str, str | None] = Field(description="Source position of each role's row (CDC order)")
 
 
 MATCHER = r'^\s*[A-Za-z_][A-Za-z0-9_]*\s*(=~|!~|!=|=)\s*("(?:[^"\\]|\\.)*"|\S*)\s*$'

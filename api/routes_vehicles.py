@@ -64,7 +64,7 @@ GET_VEHICLE_DOC: dict[str, Any] = {
     openapi_extra=GET_VEHICLE_DOC,
 )
 async def get_vehicle(request: Request) -> Response:
-    """The vehicle's latest state (signals, location, car and reservation rows), its resource tags and its
+    """The vehicle's latest state (signals, location, car and child rows), its resource tags and its
     firing incidents. ``ETag`` changes with every state write and incident change; send it back in
     ``If-None-Match`` for a 304.
 
@@ -186,7 +186,7 @@ async def list_vehicles(
 
 @router.get(
     "/devices/{device_id}",
-    summary="A device with its car and the car's active reservation",
+    summary="A device with its car and the car's chosen child rows, now or as of an event time",
     response_model=Device,
     tags=["devices"],
     responses={
@@ -200,18 +200,17 @@ async def get_device(
     device_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,64}$", examples=["dev-000042"])],
     svc: Svc,
     key: Key,
+    at: Annotated[
+        int | None, Query(ge=0, le=MAX_ID, description="As of this event time, epoch ms (default: now)")
+    ] = None,
 ) -> Any:
-    """The device's deviceinfo row merged with its carinfo row and the car's active reservation, from the
-    snapshot. Visible when the key may ``vehicles:Get`` the device's car."""
-    merged = await svc.snapshot.lookup("deviceinfo", device_id)
-    device = merged.rows.get("deviceinfo")
-    car = merged.rows.get("carinfo")
+    """The device's row joined with its car's and the car's child rows (one field per child role of the
+    join model), from the snapshot — as an event of time ``at`` would be joined. Visible when the key may
+    ``vehicles:Get`` the device's car (then)."""
+    timeline = await svc.snapshot.lookup(device_id)
+    merged = timeline.latest if at is None else timeline.at(at)
+    device, car = merged.rows.get("device"), merged.rows.get("car")
     if device is None or not svc.allowed(key, "vehicles:Get", tags_of(car)):
         raise Problem(404, f"device {device_id} not found")
-    return {
-        "device_id": device_id,
-        "device": device,
-        "car": car,
-        "reservation": merged.rows.get("reservation"),
-        "positions": merged.positions,
-    }
+    return {"device_id": device_id, "at": at, **merged.rows, "devices": merged.devices,
+            "positions": merged.positions}  # fmt: skip

@@ -18,12 +18,12 @@ from collections.abc import Callable
 import orjson
 
 from enrich import telemetry
-from simulator.model import Fleet, car_values, encode_signals
+from simulator.model import Encoding, Fleet, car_values, encode_signals
 
-ENCODINGS = ("nested", "flat", "flat-strings")
+ENCODINGS: tuple[Encoding, ...] = ("nested", "flat", "flat-strings")
 
 
-def corpus(encoding: str, cars: int, times: int) -> list[bytes]:
+def corpus(encoding: Encoding, cars: int, times: int) -> list[bytes]:
     rng = random.Random(11)
     start = 1_700_000_000_000
     fleet = Fleet(rng, cars, 1, start)

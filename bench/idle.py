@@ -22,7 +22,7 @@ from confluent_kafka import Consumer, TopicPartition
 from connectors.kafka_writer import KafkaWriter
 from enrich.cdc import Change
 from enrich.settings import Settings
-from enrich.tables import DEFAULT_TABLES
+from enrich.tables import load_model
 from stores.redis_snapshot import RedisSnapshotStore
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -46,22 +46,25 @@ def _enriched(s: Settings) -> int:
 
 def load(s: Settings, vehicles: int) -> None:
     """The snapshot of ``vehicles`` cars with one device each, and one event per device."""
-    store = RedisSnapshotStore(redis.Redis.from_url(s.redis_url), DEFAULT_TABLES, prefix=s.snapshot_prefix)
+    store = RedisSnapshotStore.from_settings(s, redis.Redis.from_url(s.redis_url))
+    m = load_model(s.tables_file)
+    car_pk, dev_pk = m.tables[m.car].primary_key, m.tables[m.device].primary_key
     pos = 0
     chunk: list[Change] = []
     for car in range(1, vehicles + 1):
         pos += 2
         chunk.append(
-            Change("carinfo", str(car), "upsert", {"car_id": car, "fleet": "idle"}, f"L{pos:020d}", 1)
+            Change(m.car, str(car), "upsert", {car_pk: car, "fleet": "idle"}, f"L{pos:020d}", 1, True)
         )
         chunk.append(
             Change(
-                "deviceinfo",
+                m.device,
                 f"i{car}",
                 "upsert",
-                {"device_id": f"i{car}", "car_id": car},
+                {dev_pk: f"i{car}", m.car_key: car},
                 f"L{pos + 1:020d}",
                 1,
+                True,
             )
         )
         if len(chunk) >= 20_000:

@@ -82,12 +82,12 @@ def measure(
                         now = time.time()
                         value = msg.value() or b""
                         if kind == "enriched":
+                            # processing time: the enriched record's own timestamp (set when produced)
                             head = value[:120].decode(errors="replace")
-                            tail = value[-40:].decode(errors="replace")
-                            if '"event_id":"' in head and '"processed_at":' in tail:
+                            ts_type, produced_ms = msg.timestamp()
+                            if '"event_id":"' in head and ts_type:
                                 eid = head.split('"event_id":"', 1)[1].split('"', 1)[0]
-                                processed = int(tail.rsplit('"processed_at":', 1)[1].rstrip("}")) / 1000
-                                enriched[eid] = (now, processed)
+                                enriched[eid] = (now, produced_ms / 1000)
                         else:
                             outliers.append((orjson.loads(value), now))
                 c.close()

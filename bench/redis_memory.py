@@ -77,16 +77,16 @@ def run_flow(name: str, s: Settings) -> None:
 
 def snapshot_store_on_cluster(url: str) -> bool:
     """Does the snapshot store work on a cluster yet (its Lua scripts route to the slot of their keys)?"""
-    from enrich.tables import DEFAULT_TABLES
+    from enrich.tables import DEFAULT_MODEL
     from stores.redis_client import redis_client
     from stores.redis_snapshot import RedisSnapshotStore
 
     store = RedisSnapshotStore(
-        redis_client(Settings(), url), DEFAULT_TABLES, prefix=f"p{uuid.uuid4().hex[:6]}:"
+        redis_client(Settings(), url), DEFAULT_MODEL, prefix=f"p{uuid.uuid4().hex[:6]}:"
     )
     try:
         for i in range(8):  # a keyless script lands on a random master: eight tries expose it
-            store.lookup("deviceinfo", {f"probe-{i}-{j}" for j in range(4)})
+            store.lookup({f"probe-{i}-{j}" for j in range(4)})
         return True
     except redis.RedisError:
         return False

@@ -29,7 +29,7 @@ def stream(n: int) -> list[VehicleFacts]:
         car = cars[i % len(cars)]
         t = 1_790_000_000_000 + i * 20
         row = {"car_id": car.car_id, "fleet": car.fleet, "model": car.model}
-        out.append(VehicleFacts(car.car_id, car_signals(car, t), t, {"d": t}, row, None))
+        out.append(VehicleFacts(car.car_id, car_signals(car, t), t, {"d": t}, row, {"reservation": None}))
     return out
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import redis
 
 from bench.common import bench_settings, env_for, produce_all
-from enrich.tables import DEFAULT_TABLES
+from enrich.tables import load_model
 from simulator.workload import make_workload
 from stores.redis_snapshot import RedisSnapshotStore
 
@@ -29,9 +29,15 @@ def main() -> None:
     ap.add_argument("--changes", type=int, default=300_000)
     ap.add_argument("--format", default="debezium", choices=["debezium", "dms"])
     ap.add_argument("--keys", type=int, default=20_000)
+    ap.add_argument(
+        "--repoint",
+        type=float,
+        default=1.0,
+        help="share of device/child updates that point the row at another car (default: all)",
+    )
     args = ap.parse_args()
     s = bench_settings()
-    wl = make_workload(args.format, args.changes, keys=args.keys)
+    wl = make_workload(args.format, args.changes, keys=args.keys, repoint=args.repoint)
     produce_all(s.kafka_bootstrap, [(s.cdc_topic(t), k, v) for k, v, t in wl.messages])
     n = sum(1 for _k, v, _t in wl.messages if v is not None)
     t0 = time.perf_counter()
@@ -52,8 +58,8 @@ def main() -> None:
     tail: Any = client.xrevrange(feed, count=1)
     first, last = head[0][0].decode(), tail[0][0].decode()
     span = (int(last.split("-")[0]) - int(first.split("-")[0])) / 1000
-    store = RedisSnapshotStore(client, DEFAULT_TABLES, prefix=s.snapshot_prefix)
-    ok = all(store.rows(t) == wl.truth[t] for t in DEFAULT_TABLES)
+    store = RedisSnapshotStore.from_settings(s, client)
+    ok = all(store.rows(t) == wl.truth[t] for t in load_model(s.tables_file).tables)
     print(
         f"snapshot flow ({args.format}): {n:,} CDC messages in {wall:.2f}s wall = "
         f"{n / wall:,.0f}/s incl. start-up; "

@@ -25,14 +25,13 @@ import redis
 from confluent_kafka import Consumer, KafkaError
 
 from connectors.kafka_writer import KafkaWriter
+from enrich.asof import Timeline
 from enrich.pipeline.join import JoinBatch, JoinCore
 from enrich.pipeline.state import BucketInput, StateCore
 from enrich.records import Record
 from enrich.rules.engine import RuleEngine
 from enrich.rules.model import load_rules
 from enrich.settings import Settings
-from enrich.snapshot import Merged
-from enrich.tables import load_tables
 from stack.topics import TopicSpec, create_topics
 from stores.parquet_history import HistoryWriter
 from stores.redis_snapshot import RedisSnapshotStore
@@ -98,9 +97,9 @@ def budget(s: Settings, records: list[Record] | None = None) -> dict[str, float]
     n = len(records)
     batches = _batches(records)
     client = redis.Redis.from_url(s.redis_url)
-    cache = CachedSnapshot(RedisSnapshotStore(client, load_tables(s.tables_file), prefix=s.snapshot_prefix))
+    cache = CachedSnapshot(RedisSnapshotStore.from_settings(s, client))
 
-    def lookup(ids: Collection[str]) -> Mapping[str, Merged | None]:
+    def lookup(ids: Collection[str]) -> Mapping[str, Timeline | None]:
         return cache.lookup(ids)
 
     now = int(time.time() * 1000)
@@ -135,9 +134,7 @@ def budget(s: Settings, records: list[Record] | None = None) -> dict[str, float]
     with tempfile.TemporaryDirectory() as tmp:
         writer = HistoryWriter(Path(tmp))
         history_s, _ = _timed(
-            lambda: [
-                writer.write(jb.topic, jb.partition, jb.records, jb.enriched_rows) for jb in joined_batches
-            ]
+            lambda: [writer.write(jb.topic, jb.partition, jb.records, jb.history) for jb in joined_batches]
         )
     scratch = s.topic_enriched + ".stages"
     create_topics(s.kafka_bootstrap, [TopicSpec(scratch, s.stream_partitions)])

@@ -191,6 +191,15 @@ def catch_up(d: Demo, timeout: float = 120.0) -> None:
     render(collect(workers), d.console, color=not d.console.plain, workers_dir=workers)
 
 
+def _booking_role(settings: Settings) -> str:
+    """The child role that names the renting customer (the simulator's reservations)."""
+    from enrich.tables import load_model
+    from simulator.shape import Shape
+
+    booking = Shape(load_model(settings.tables_file)).booking
+    return booking.name if booking is not None else ""
+
+
 def show_topics(d: Demo) -> None:
     after = topic_counts(d.settings, d.topics)
     table = Table("topic", "added", "total")
@@ -214,7 +223,7 @@ def show_states(d: Demo) -> None:
             continue
         st = public_document(orjson.loads(raw))
         sig = {k: v["value"] for k, v in st["signals"].items()}
-        car, res = st["car"] or {}, st["reservation"] or {}
+        car, res = st["car"] or {}, st.get(_booking_role(s)) or {}
         table.add_row(
             str(st["car_id"]),
             str(car.get("model", "?")),

@@ -57,15 +57,11 @@ MetricsHost = Annotated[
 
 def snapshot_store(settings: Settings, *, wait: bool = True) -> RedisSnapshotStore:
     """The snapshot store; ``wait=False`` gives up quickly while Redis is away (HTTP API, one-shot reads)."""
-    from enrich.tables import load_tables
     from stores.redis_client import quick_client, redis_client
     from stores.redis_snapshot import RedisSnapshotStore
 
-    return RedisSnapshotStore(
-        redis_client(settings) if wait else quick_client(settings),
-        load_tables(settings.tables_file),
-        prefix=settings.snapshot_prefix,
-        tombstone_ttl_s=settings.snapshot_tombstone_ttl_s,
+    return RedisSnapshotStore.from_settings(
+        settings, redis_client(settings) if wait else quick_client(settings)
     )
 
 
@@ -178,12 +174,12 @@ def flow_snapshot(
     metrics_port: MetricsPort = None,
     metrics_host: MetricsHost = "127.0.0.1",
 ) -> None:
-    """CDC topics → the merged snapshot in Redis (position-checked, never backwards)."""
-    from enrich.tables import load_tables
+    """CDC topics → the versioned snapshot in Redis (position-checked, never backwards)."""
+    from enrich.tables import load_model
     from flows.snapshot import build_flow
 
     def build(settings: Settings) -> Dataflow:
-        tables = load_tables(settings.tables_file)
+        tables = load_model(settings.tables_file).tables
         return build_flow(settings, tables, lambda: snapshot_store(settings), tail=not until_eof)
 
     _run_flow("snapshot", build, recovery_dir, process_id, addresses, no_recovery, metrics_port, metrics_host)
@@ -210,18 +206,31 @@ def flow_enrich(
 
 @snapshot_app.command("get")
 def snapshot_get(
-    kind: Annotated[str, typer.Argument(help="device | car | reservation (or a table name)")],
+    kind: Annotated[str, typer.Argument(help="device, car, a child role of the join model, or a table name")],
     key: Annotated[str, typer.Argument(help="Primary key")],
+    at: Annotated[int | None, typer.Option(help="As of this event time (epoch ms; default: now)")] = None,
 ) -> None:
-    """Print the merged record: a device with its car and the car's active reservation, or one row."""
+    """Print a device's join (its row, its car's, the car's chosen children, as of ``--at``), or the kept
+    versions of one row of any table."""
     settings = get_settings()
-    table = {"device": "deviceinfo", "car": "carinfo", "reservation": "reservation"}.get(kind, kind)
     store = snapshot_store(settings)
-    if table not in store.tables:
-        typer.echo(f"unknown table {table!r}", err=True)
+    model = store.model
+    if kind in ("device", model.device):
+        timeline = store.lookup([key])[key]
+        merged = timeline.latest if at is None else timeline.at(at)
+        if merged.rows.get("device") is None:
+            typer.echo(f"device {key}: not in the snapshot{'' if at is None else f' at {at}'}", err=True)
+            raise typer.Exit(1)
+        doc = {"rows": merged.rows, "positions": merged.positions, "devices": merged.devices}
+        typer.echo(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+        return
+    table = model.table_of(kind) if kind in model.roles else kind
+    if table not in model.tables:
+        typer.echo(f"unknown table or role {kind!r}", err=True)
         raise typer.Exit(2)
-    merged = store.lookup(table, [key])[key]
-    if merged.rows.get(table) is None:
+    versions = store.history(table, key)
+    if not versions:
         typer.echo(f"{table} {key}: not in the snapshot", err=True)
         raise typer.Exit(1)
-    typer.echo(orjson.dumps({"rows": merged.rows, "positions": merged.positions}, option=orjson.OPT_INDENT_2))
+    kept = [{"position": v.position, "since": v.since, "row": v.row} for v in versions]
+    typer.echo(orjson.dumps({"table": table, "key": key, "versions": kept}, option=orjson.OPT_INDENT_2))

@@ -177,11 +177,13 @@ app.add_typer(rules_app, name="rules")
 def rules_check(
     file: Annotated[Path | None, typer.Argument(help="Rule pack (default: the built-in)")] = None,
 ) -> None:
-    """Validate and compile a rule pack; errors name the line and the field."""
+    """Validate and compile a rule pack against the join model's roles (ENRICH_TABLES_FILE); errors name the
+    line and the field."""
     from enrich.rules.model import RuleError, load_rules
+    from enrich.tables import load_model
 
     try:
-        rules = load_rules(file)
+        rules = load_rules(file, load_model(get_settings().tables_file).attribute_roles)
     except RuleError as exc:
         console.print(f"[red]{file}:[/red] {exc}", highlight=False)
         raise typer.Exit(1) from exc
@@ -203,9 +205,11 @@ def rules_test(
 
     from enrich.rules.model import load_rules
     from enrich.rules.replay import replay
+    from enrich.tables import load_model
 
+    model = load_model(get_settings().tables_file)
     docs = [orjson.loads(line) for line in events.read_bytes().splitlines() if line.strip()]
-    outliers = replay(load_rules(file), docs)
+    outliers = replay(load_rules(file, model.attribute_roles), docs, model=model)
     table = Table("status", "rule", "car", "starts_at", "ends_at", "incident")
     for o in outliers:
         ends = str(o["ends_at"] or "-")

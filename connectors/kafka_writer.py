@@ -170,23 +170,43 @@ class KafkaWriter:
                 self._send_slow(topic, key, value, source)  # waits for room or dead-letters
         self.poll()
 
-    def send_to(self, topic: str, key: Key, value: bytes | None, source: Source | None = None) -> None:
-        """Produce one record to ``topic``; waits while the local queue is full."""
+    def send_to(
+        self,
+        topic: str,
+        key: Key,
+        value: bytes | None,
+        source: Source | None = None,
+        *,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
+        """Produce one record to ``topic`` (with Kafka ``headers``, if any); waits while the local queue is
+        full. A record produced again after a retriable delivery error goes without its headers."""
         if source is not None:
             self._sources[hash(value)] = source
         try:
-            self._producer.produce(topic, value, key)
+            if headers:
+                self._producer.produce(topic, value, key, headers=headers)
+            else:
+                self._producer.produce(topic, value, key)
             return
         except (BufferError, KafkaException):
             pass
-        self._send_slow(topic, key, value, source)
+        self._send_slow(topic, key, value, source, headers)
 
-    def _send_slow(self, topic: str, key: Key, value: bytes | None, source: Source | None) -> None:
+    def _send_slow(
+        self,
+        topic: str,
+        key: Key,
+        value: bytes | None,
+        source: Source | None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> None:
         waited_since: float | None = None
         last_log = 0.0
+        extra: dict[str, Any] = {"headers": headers} if headers else {}
         while True:
             try:
-                self._producer.produce(topic, value, key)
+                self._producer.produce(topic, value, key, **extra)
                 break
             except BufferError:
                 now = time.monotonic()

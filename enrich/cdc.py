@@ -17,7 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import orjson
 
@@ -35,18 +35,20 @@ class CdcError(EnrichError):
     reason = "cdc_error"
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
+class Change(NamedTuple):
+    """One row change. ``load``: it comes from an initial load (Debezium ``r``, DMS ``load``), so a row's
+    first version from it says the row exists, not when it was created (see ``enrich.asof``)."""
+
     table: str
     pk: str
     op: ChangeOp
     row: dict[str, Any] | None
     position: str
     commit_ms: int
+    load: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Skipped:
+class Skipped(NamedTuple):
     """A message that is not a row change: a Debezium tombstone or a DMS control (DDL) record."""
 
     kind: Literal["tombstone", "control"]
@@ -84,9 +86,14 @@ def _iso_ms(value: Any, path: str) -> int:
 
 
 def _pk(spec: TableSpec, row: Any, path: str) -> str:
-    if not isinstance(row, dict):
+    if type(row) is not dict:
         raise CdcError("row missing", reason="missing_key", field_path=path)
     value = row.get(spec.primary_key)
+    kind = type(value)
+    if kind is int:
+        return str(value)
+    if kind is str and value and value.isprintable():  # the common case: no control characters
+        return value  # type: ignore[no-any-return]
     if value is None or isinstance(value, dict | list) or _CONTROL.search(str(value)):
         raise CdcError(
             f"primary key {spec.primary_key!r} missing",
@@ -97,7 +104,7 @@ def _pk(spec: TableSpec, row: Any, path: str) -> str:
 
 
 def _table(tables: dict[str, TableSpec], name: Any, path: str) -> TableSpec:
-    spec = tables.get(name) if isinstance(name, str) else None
+    spec = tables.get(name) if type(name) is str else None
     if spec is None:
         raise CdcError(f"unknown table {name!r}", reason="unknown_table", field_path=path)
     return spec
@@ -105,22 +112,25 @@ def _table(tables: dict[str, TableSpec], name: Any, path: str) -> TableSpec:
 
 def _debezium(doc: dict[str, Any], tables: dict[str, TableSpec]) -> Change:
     source = doc.get("source")
-    if not isinstance(source, dict):
+    if type(source) is not dict:
         raise CdcError("Debezium envelope without source", reason="unknown_format", field_path="source")
     spec = _table(tables, source.get("table"), "source.table")
-    commit_ms = _int(source.get("ts_ms"), _int(doc.get("ts_ms"), 0))
-    if isinstance(source.get("lsn"), int):
-        position = _pos("L", source["lsn"])
+    commit_ms = source.get("ts_ms")
+    if type(commit_ms) is not int:
+        commit_ms = _int(doc.get("ts_ms"), 0)
+    lsn = source.get("lsn")
+    if type(lsn) is int:
+        position = f"L{lsn:020d}"
     elif isinstance(source.get("file"), str) and isinstance(source.get("pos"), int):
         m = _BINLOG_NUM.search(source["file"])
         position = _pos("B", int(m.group(1)) if m else 0, source["pos"], _int(source.get("row"), 0))
     else:
         position = _pos("T", commit_ms, _int(source.get("txId"), 0))
     op = doc.get("op")
-    if op in ("c", "r", "u"):
+    if op in {"u", "c", "r"}:
         row = doc.get("after")
         pk = _pk(spec, row, "after")
-        return Change(spec.name, pk, "upsert", row, position, commit_ms)
+        return Change(spec.name, pk, "upsert", row, position, commit_ms, op == "r")
     if op == "d":
         row = doc.get("before")
         pk = _pk(spec, row, "before")
@@ -158,7 +168,7 @@ def _dms(doc: dict[str, Any], tables: dict[str, TableSpec]) -> Change | Skipped:
         position = _pos("T", commit_ms, tx if isinstance(tx, int) else 0)
     row = doc.get("data")
     pk = _pk(spec, row, "data")
-    return Change(spec.name, pk, op, row, position, commit_ms)
+    return Change(spec.name, pk, op, row, position, commit_ms, meta.get("operation") == "load")
 
 
 def normalise(value: bytes | None, tables: dict[str, TableSpec]) -> Change | Skipped:
@@ -169,7 +179,7 @@ def normalise(value: bytes | None, tables: dict[str, TableSpec]) -> Change | Ski
         doc = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         raise CdcError(f"not JSON: {exc}", reason="not_json") from exc
-    if not isinstance(doc, dict):
+    if type(doc) is not dict:
         raise CdcError("not a JSON object", reason="unknown_format")
     if "payload" in doc and "schema" in doc:  # Debezium with the JSON converter's schemas enabled
         doc = doc["payload"]
@@ -182,13 +192,6 @@ def normalise(value: bytes | None, tables: dict[str, TableSpec]) -> Change | Ski
     if isinstance(doc.get("metadata"), dict) and ("data" in doc or "record-type" in doc["metadata"]):
         return _dms(doc, tables)
     raise CdcError("neither a Debezium envelope nor an AWS DMS message", reason="unknown_format")
-
-
-def parent_of(spec: TableSpec, row: dict[str, Any] | None) -> dict[str, str]:
-    """The foreign-key values of ``row`` as text (missing ones left out)."""
-    if row is None:
-        return {}
-    return {col: str(row[col]) for col in spec.foreign_keys if row.get(col) is not None}
 
 
 @dataclass(slots=True)
@@ -206,6 +209,7 @@ def normalise_batch(records: list[Record], tables: dict[str, TableSpec], now_ms:
     changes: list[Change] = []
     dead: list[tuple[bytes | None, bytes]] = []
     skipped = {"tombstone": 0, "control": 0}
+    append = changes.append
     for rec in records:
         try:
             out = normalise(rec.value, tables)
@@ -214,8 +218,8 @@ def normalise_batch(records: list[Record], tables: dict[str, TableSpec], now_ms:
                 dead_letter(exc, stage="cdc.normalise", source=rec.ref(), value=rec.value, now_ms=now_ms)
             )
             continue
-        if isinstance(out, Skipped):
-            skipped[out.kind] += 1
+        if type(out) is Change:
+            append(out)
         else:
-            changes.append(out)
+            skipped[out.kind] += 1  # type: ignore[union-attr]
     return CdcBatch(changes, dead, skipped, len(records))

@@ -13,8 +13,6 @@ from urllib.parse import urlparse
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-CDC_TABLES: tuple[str, ...] = ("carinfo", "deviceinfo", "reservation")
-
 WorkerKind = Literal["flow-snapshot", "flow-enrich", "alerts", "flow-flatten"]
 # Each worker kind has its own metrics port, so every worker of one host starts with default settings:
 # ``ENRICH_METRICS_PORT_BASE`` (9464) + the kind's offset + 10 x the process id of a cluster (-i).
@@ -68,10 +66,14 @@ class Settings(BaseSettings):
 
     # Snapshot store
     tables_file: Path | None = Field(
-        None, description="YAML of CDC tables (default: carinfo, deviceinfo, reservation)"
+        None, description="YAML of the CDC tables and the join model (default: enrich/default_tables.yaml)"
     )
     snapshot_prefix: str = Field("snap:", description="Redis key prefix of the snapshot store")
     snapshot_tombstone_ttl_s: int = Field(7 * 86400, description="How long a delete keeps its position")
+    snapshot_horizon_s: float = Field(
+        86400.0, gt=0, description="History the snapshot keeps for joins as of event time (per row)"
+    )
+    snapshot_max_versions: int = Field(16, ge=1, description="Most versions the snapshot keeps per row")
 
     # Flows
     recovery_partitions: int = Field(
@@ -165,7 +167,10 @@ class Settings(BaseSettings):
 
     @property
     def cdc_topics(self) -> dict[str, str]:
-        return {table: self.cdc_topic(table) for table in CDC_TABLES}
+        """The CDC topic of every configured table (``tables_file``)."""
+        from enrich.tables import load_model
+
+        return {table: self.cdc_topic(table) for table in load_model(self.tables_file).tables}
 
     @property
     def kafka_port(self) -> int:

@@ -29,20 +29,22 @@ from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
 from connectors.kafka_writer import KafkaWriter
 from enrich import telemetry
+from enrich.asof import Timeline
 from enrich.pipeline.join import CarEvents, JoinBatch, JoinConfig, JoinCore, JoinState, Lookup
 from enrich.pipeline.state import BucketInput, StateCore, StateOut, StateSnapshot
-from enrich.records import PartitionBatch
+from enrich.records import EnrichedColumns, PartitionBatch
 from enrich.rules.engine import RuleEngine
 from enrich.rules.model import load_rules
 from enrich.settings import Settings
-from enrich.snapshot import Merged
+from enrich.tables import JoinModel, load_model
 from flows import metrics
 from flows.kafka_io import KafkaBatchSource
 from flows.vehicle_state import STATE_BUCKETS, StateSink
-from stores.parquet_history import EnrichedRow, HistoryWriter
+from stores.parquet_history import HistoryWriter
 from stores.snapshot_cache import CachedSnapshot
 
 OUT_PARTITIONS = 16
+ATTEMPTS_HEADER = "enrich-attempts"  # on enriched events that waited for their snapshot rows: retries made
 
 
 @dataclass(slots=True)
@@ -53,32 +55,30 @@ class Resources:
     lookup: Lookup
     engine: RuleEngine
     join_config: JoinConfig
+    model: JoinModel
 
 
 def resources(settings: Settings) -> Resources:
-    from enrich.tables import load_tables
     from stores.redis_client import redis_client
     from stores.redis_snapshot import RedisSnapshotStore
 
-    store = RedisSnapshotStore(
-        redis_client(settings),
-        load_tables(settings.tables_file),
-        prefix=settings.snapshot_prefix,
-    )
+    model = load_model(settings.tables_file)
+    store = RedisSnapshotStore.from_settings(settings, redis_client(settings), model)
     cache = CachedSnapshot(store, feed_interval_s=0.02)
 
-    def lookup(device_ids: Collection[str]) -> Mapping[str, Merged | None]:
+    def lookup(device_ids: Collection[str]) -> Mapping[str, Timeline | None]:
         return cache.lookup(device_ids)
 
-    rules = load_rules(settings.rules_file) if settings.rules_enabled else []
+    rules = load_rules(settings.rules_file, model.attribute_roles) if settings.rules_enabled else []
     config = JoinConfig(
         max_wait_ms=settings.join_max_wait_ms,
         max_pending=settings.join_max_pending,
         max_future_skew_ms=int(settings.max_future_skew_s * 1000),
         max_age_ms=int(settings.max_event_age_s * 1000),
         max_event_bytes=settings.max_event_bytes,
+        model=model,
     )
-    return Resources(settings, lookup, RuleEngine(rules), config)
+    return Resources(settings, lookup, RuleEngine(rules), config, model)
 
 
 def _now_ms() -> int:
@@ -157,8 +157,8 @@ class ToBuckets:
 
 
 class BucketLogic(StatefulLogic[BucketInput, StateOut, StateSnapshot]):
-    def __init__(self, res: Resources, resume: StateSnapshot | None) -> None:
-        self.core = StateCore(res.engine, res.lookup, resume)
+    def __init__(self, res: Resources, resume: StateSnapshot | None, partitions: list[str]) -> None:
+        self.core = StateCore(res.engine, res.lookup, resume, model=res.model, partitions=partitions)
 
     def on_item(self, value: BucketInput) -> tuple[list[StateOut], bool]:
         start = time.perf_counter()
@@ -187,23 +187,32 @@ class _OutPartition(StatefulSinkPartition[JoinBatch, None]):
         self.flush_s = settings.history_flush_s
         self.max_rows = 200_000
         self._raw: dict[tuple[str, int], list[object]] = {}
-        self._rows: dict[tuple[str, int], list[EnrichedRow]] = {}
+        self._rows: dict[tuple[str, int], EnrichedColumns] = {}
         self._buffered = 0
         self._last_flush = time.monotonic()
 
     def write_batch(self, values: list[JoinBatch]) -> None:
         n = 0
         for out in values:
-            if out.bodies:
+            if out.attempts:  # events that waited for their rows carry how often in a header
+                for i, (k, body, src) in enumerate(zip(out.keys, out.bodies, out.sources, strict=True)):
+                    tries = out.attempts.get(i)
+                    headers = [(ATTEMPTS_HEADER, b"%d" % tries)] if tries else None
+                    self.enriched.send_to(self.enriched.topic, k, body, src, headers=headers)
+                n += len(out.bodies)
+            elif out.bodies:
                 self.enriched.send(zip(out.keys, out.bodies, out.sources, strict=True))
                 n += len(out.bodies)
             if out.dead:
                 self.enriched.send_letters(out.dead, "telemetry.decode")
-            if out.records or out.enriched_rows:
+            if out.records or out.history.rows:
                 key = (out.topic, out.partition)
                 self._raw.setdefault(key, []).extend(out.records)
-                self._rows.setdefault(key, []).extend(out.enriched_rows)
-                self._buffered += len(out.records) + len(out.enriched_rows)
+                rows = self._rows.get(key)
+                if rows is None:
+                    rows = self._rows[key] = EnrichedColumns.empty()
+                rows.extend(out.history)
+                self._buffered += len(out.records) + out.history.rows
         self.enriched.poll()
         metrics.EVENTS_OUT.inc(n)
         if self._buffered >= self.max_rows or time.monotonic() - self._last_flush >= self.flush_s:
@@ -214,7 +223,7 @@ class _OutPartition(StatefulSinkPartition[JoinBatch, None]):
         and file is delivered (the end of an epoch)."""
         start = time.perf_counter()
         for key in set(self._raw) | set(self._rows):
-            self.history.write(key[0], key[1], self._raw.get(key, []), self._rows.get(key, []))  # type: ignore[arg-type]
+            self.history.write(key[0], key[1], self._raw.get(key, []), self._rows.get(key))  # type: ignore[arg-type]
         self._raw.clear()
         self._rows.clear()
         self._buffered = 0
@@ -256,12 +265,14 @@ def build_flow(settings: Settings, *, tail: bool = True, res: Resources | None =
         max_message_bytes=settings.kafka_max_message_bytes,
     )
     batches = op.input("telemetry_in", flow, src)
+    # every telemetry partition ("topic-partition"): event time waits until each has reported
+    partitions = [f"{topic}-{p}" for p, topic in (part.split("-", 1) for part in src.list_parts())]
     keyed = op.key_on("by_partition", batches, lambda b: f"{b.topic}-{b.partition}")
     joined = op.stateful("join", keyed, lambda resume: JoinLogic(res, resume))
     op.output("enriched_out", joined, OutSink(settings))
     outs = op.map("drop_key", joined, lambda kv: kv[1])
     updates = op.flat_map("to_buckets", outs, ToBuckets())
-    states = op.stateful("latest", updates, lambda resume: BucketLogic(res, resume))
+    states = op.stateful("latest", updates, lambda resume: BucketLogic(res, resume, partitions))
     op.output("state_out", states, StateSink(settings))
     return flow
 

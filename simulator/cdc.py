@@ -7,10 +7,10 @@ from typing import Any, Literal
 
 import orjson
 
+from enrich.tables import DEFAULT_MODEL, TableSpec
+
 CdcFormat = Literal["debezium", "dms"]
 Op = Literal["load", "insert", "update", "delete"]
-
-PRIMARY_KEYS = {"carinfo": "car_id", "deviceinfo": "device_id", "reservation": "reservation_id"}
 _DEBEZIUM_OP = {"load": "r", "insert": "c", "update": "u", "delete": "d"}
 
 
@@ -26,8 +26,16 @@ class CdcEncoder:
     way; deletes are ordinary messages.
     """
 
-    def __init__(self, fmt: CdcFormat, *, db: str = "fleet", lsn_start: int = 24_000_000) -> None:
+    def __init__(
+        self,
+        fmt: CdcFormat,
+        *,
+        db: str = "fleet",
+        lsn_start: int = 24_000_000,
+        tables: dict[str, TableSpec] | None = None,
+    ) -> None:
         self.fmt = fmt
+        self.keys = {name: spec.primary_key for name, spec in (tables or DEFAULT_MODEL.tables).items()}
         self.db = db
         self.lsn = lsn_start
         self.tx = 900_000
@@ -40,7 +48,7 @@ class CdcEncoder:
         commit_ms: int,
         before: dict[str, Any] | None = None,
     ) -> list[tuple[bytes, bytes | None]]:
-        pk = PRIMARY_KEYS[table]
+        pk = self.keys[table]
         key = orjson.dumps({pk: row[pk]})
         self.lsn += 8 + len(row) * 4
         self.tx += 1

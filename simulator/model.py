@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from simulator.scenarios import LOW_VOLTAGE, NEAR_VOLTAGE, Injection
 
@@ -27,6 +27,9 @@ DOORS = (
 )
 DOOR_OPEN_S = 8.0  # doors open right after parking and right before leaving
 RAMP_S = 40.0  # seconds to reach cruising speed / to come to a stop
+
+
+Encoding = Literal["nested", "flat", "flat-strings"]  # how a device sends its signals (telemetry.v1)
 
 
 @dataclass(slots=True)
@@ -69,7 +72,7 @@ class Device:
     kind: str
     firmware: str
     installed_at: int
-    encoding: str  # "nested" | "flat" | "flat-strings"
+    encoding: Encoding
     seq: int = 0
 
     def row(self) -> dict[str, Any]:
@@ -149,7 +152,7 @@ class Fleet:
         n = self._next_device
         self._next_device += 1
         kind = DEVICE_KINDS[n % len(DEVICE_KINDS)] if n > 1 else "telematics"
-        encoding = ("nested", "flat", "flat-strings")[n % 3]
+        encoding: Encoding = ("nested", "flat", "flat-strings")[n % 3]
         device = Device(f"dev-{n:06d}", car_id, kind, f"{1 + n % 3}.{n % 7}.0", installed_at, encoding)
         self.devices[device.device_id] = device
         return device
@@ -295,7 +298,7 @@ def silenced(device: Device, car: Car, t_ms: int) -> bool:
     )
 
 
-def encode_signals(v: Values, encoding: str) -> dict[str, Any]:
+def encode_signals(v: Values, encoding: Encoding) -> dict[str, Any]:
     """Shape the values as the device sends them: a nested VSS tree, flat paths, or flat strings."""
     if encoding == "flat":
         return dict(zip(SIGNALS, v, strict=True))

@@ -4,8 +4,9 @@ Event time runs ``time_scale`` times faster than the wall clock and ends at abou
 scenarios fit in a short run and no event lies in the future. Production goes through the engine's one
 writer (connectors/kafka_writer.py): no per-message callback, a full queue waits, a broker restart only
 delays; the rate is held by a token budget checked every few ms. ``plan_device_swap`` plants a device
-swap (delete + insert in deviceinfo, the new device reports from then on) of a chosen car at a chosen
-moment, e.g. of a car with an injected incident.
+swap (delete + insert in the device table, the new device reports from then on) of a chosen car at a
+chosen moment, e.g. of a car with an injected incident. The CDC rows take the shape of the configured join
+model (``ENRICH_TABLES_FILE``, see ``simulator.shape``).
 """
 
 from __future__ import annotations
@@ -21,9 +22,11 @@ import orjson
 
 from connectors.kafka_writer import KafkaWriter
 from enrich.settings import Settings
+from enrich.tables import load_model
 from simulator.cdc import CdcEncoder, CdcFormat
 from simulator.model import Car, Device, Fleet, car_values, encode_signals, silenced
 from simulator.scenarios import ScenarioName, plan_injections, sim_span_needed
+from simulator.shape import Shape
 
 
 @dataclass(slots=True)
@@ -80,7 +83,9 @@ class Simulation:
             self.pinned.add(inj.car_id)
             if inj.scenario == "headlights-left-on" and inj.car_id not in self.fleet.active_reservation:
                 self.fleet.start_reservation(inj.car_id, self.start_ms - 600_000)
-        self.cdc = CdcEncoder(config.cdc_format)
+        model = load_model(settings.tables_file)
+        self.shape = Shape(model)
+        self.cdc = CdcEncoder(config.cdc_format, tables=model.tables)
         self.delivery_errors = 0
         self.cdc_messages = 0
         self.sent = 0  # telemetry events produced so far (read by tests while the run goes on)
@@ -105,14 +110,22 @@ class Simulation:
             producer.send_to(self.settings.cdc_topic(table), key, value)
             self.cdc_messages += 1
 
+    def _reservation(self, producer: KafkaWriter, op: Any, row: dict[str, Any], commit_ms: int) -> None:
+        shaped = self.shape.reservation(row)
+        if shaped is not None:
+            self._cdc(producer, shaped[0], op, shaped[1], commit_ms)
+
     def initial_load(self, producer: KafkaWriter) -> None:
         t = self.start_ms - 1000
+        shape = self.shape
         for car in self.fleet.cars.values():
-            self._cdc(producer, "carinfo", "load", car.row(t), t)
+            self._cdc(producer, shape.car_table, "load", shape.car(car.row(t)), t)
+            for table, row in shape.extra_rows(car.car_id, t):
+                self._cdc(producer, table, "load", row, t)
         for device in self.fleet.devices.values():
-            self._cdc(producer, "deviceinfo", "load", device.row(), t)
+            self._cdc(producer, shape.device_table, "load", shape.device(device.row()), t)
         for res in self.fleet.reservations.values():
-            self._cdc(producer, "reservation", "load", res.row(), t)
+            self._reservation(producer, "load", res.row(), t)
         producer.flush()
 
     # -- CDC changes during the run --------------------------------------------------------------------
@@ -123,8 +136,8 @@ class Simulation:
         new.encoding = old.encoding
         del self.fleet.devices[old.device_id]
         self._devices_changed = True
-        self._cdc(producer, "deviceinfo", "delete", old.row(), t_ms)
-        self._cdc(producer, "deviceinfo", "insert", new.row(), t_ms)
+        self._cdc(producer, self.shape.device_table, "delete", self.shape.device(old.row()), t_ms)
+        self._cdc(producer, self.shape.device_table, "insert", self.shape.device(new.row()), t_ms)
         return old.device_id, new.device_id
 
     def random_change(self, producer: KafkaWriter, t_ms: int) -> None:
@@ -137,16 +150,16 @@ class Simulation:
         if kind < 0.4:
             car = self.fleet.cars[car_id]
             car.status = "MAINTENANCE" if car.status == "ACTIVE" else "ACTIVE"
-            self._cdc(producer, "carinfo", "update", car.row(t_ms), t_ms)
+            self._cdc(producer, self.shape.car_table, "update", self.shape.car(car.row(t_ms)), t_ms)
         elif kind < 0.6:
             self.swap_device(producer, car_id, t_ms)
         elif car_id in self.fleet.active_reservation:
             res = self.fleet.end_reservation(car_id, t_ms)
             if res is not None:
-                self._cdc(producer, "reservation", "update", res.row(), t_ms)
+                self._reservation(producer, "update", res.row(), t_ms)
         else:
             res = self.fleet.start_reservation(car_id, t_ms)
-            self._cdc(producer, "reservation", "insert", res.row(), t_ms)
+            self._reservation(producer, "insert", res.row(), t_ms)
 
     # -- telemetry -------------------------------------------------------------------------------------
     def run(self, progress: Callable[[int, float], None] | None = None) -> SimReport:

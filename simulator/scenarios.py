@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 ScenarioName = Literal["headlights-left-on", "low-battery", "device-silent"]
+Variant = Literal["incident", "door-open", "short", "near-threshold"]  # an injection, or a control
 SCENARIOS: tuple[ScenarioName, ...] = ("headlights-left-on", "low-battery", "device-silent")
 
 # How long the condition must hold to alert (default rule pack) and how long incidents/controls hold it.
@@ -45,7 +46,7 @@ class Injection:
     car_id: int
     device_id: str
     control: bool
-    variant: str  # "incident" | "door-open" | "short" | "near-threshold"
+    variant: Variant
     starts_at: int
     ends_at: int
 
@@ -97,15 +98,16 @@ def plan_injections(
     chosen = rng.sample(cars, wanted)
     out: list[Injection] = []
     for scenario in scenarios:
-        control_variants = {
+        controls: dict[str, tuple[Variant, ...]] = {
             "headlights-left-on": ("door-open", "short"),
             "low-battery": ("near-threshold", "short"),
             "device-silent": ("short",),
-        }[scenario]
+        }
+        control_variants = controls[scenario]
         for i in range(2 * per_scenario):
             car = chosen.pop()
             control = i % 2 == 1
-            variant = control_variants[(i // 2) % len(control_variants)] if control else "incident"
+            variant: Variant = control_variants[(i // 2) % len(control_variants)] if control else "incident"
             hold = SHORT_HOLD_S[scenario] if variant == "short" else HOLD_S[scenario]
             latest = span_s - TAIL_S - PARK_MARGIN_S - hold
             earliest = WARMUP_S + PARK_MARGIN_S

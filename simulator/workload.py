@@ -8,6 +8,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from enrich.tables import DEFAULT_MODEL, JoinModel
 from simulator.cdc import CdcEncoder, CdcFormat
 
 
@@ -18,29 +19,48 @@ class Workload:
     stale: int = 0
 
 
-def make_workload(fmt: CdcFormat, changes: int, *, keys: int = 2000, seed: int = 5) -> Workload:
+def make_workload(
+    fmt: CdcFormat,
+    changes: int,
+    *,
+    keys: int = 2000,
+    seed: int = 5,
+    model: JoinModel = DEFAULT_MODEL,
+    repoint: float = 1.0,
+) -> Workload:
+    """Random changes to the tables of ``model`` (the car table, the device table, each child table).
+    ``repoint``: the share of updates of a device or child row that point it at another (random) car; the
+    default 1.0 moves every one, a real fleet database far fewer (devices are swapped now and then,
+    reservations stay with their car)."""
     rng = random.Random(seed)
-    enc = CdcEncoder(fmt)
-    wl = Workload(truth={"carinfo": {}, "deviceinfo": {}, "reservation": {}})
+    enc = CdcEncoder(fmt, tables=model.tables)
+    tables = [model.car, model.device, *(c.table for c in model.children)]
+    wl = Workload(truth={t: {} for t in tables})
     sent: list[tuple[bytes, bytes | None, str]] = []
     for n in range(changes):
         if sent and rng.random() < 0.05:  # redeliver an older message: a duplicate or a stale reorder
             wl.messages.append(rng.choice(sent))
             wl.stale += 1
             continue
-        table = rng.choice(("carinfo", "deviceinfo", "reservation"))
+        table = rng.choice(tables)
         k = rng.randrange(keys)
-        if table == "carinfo":
-            pk_col, pk = "car_id", k
-            row: dict[str, Any] = {"car_id": k, "status": rng.choice(["ACTIVE", "MAINTENANCE"]), "rev": n}
-        elif table == "deviceinfo":
-            pk_col, pk = "device_id", f"dev-{k:06d}"  # type: ignore[assignment]
-            row = {"device_id": pk, "car_id": rng.randrange(keys), "rev": n}
+        pk_col = model.tables[table].primary_key
+        pk: int | str = k
+        if table == model.car:
+            row: dict[str, Any] = {pk_col: k, "status": rng.choice(["ACTIVE", "MAINTENANCE"]), "rev": n}
+        elif table == model.device:
+            pk = f"dev-{k:06d}"
+            row = {pk_col: pk, model.car_key: rng.randrange(keys), "rev": n}
         else:
-            pk_col, pk = "reservation_id", k
-            row = {"reservation_id": k, "car_id": rng.randrange(keys), "rev": n,
-                   "status": rng.choice(["ACTIVE", "ENDED"])}  # fmt: skip
+            child = next(c for c in model.children if c.table == table)
+            row = {pk_col: k, child.via: rng.randrange(keys), "rev": n}
+            if child.choose.by == "status":
+                row[child.choose.column] = rng.choice([*sorted(child.choose.values), "ENDED"])
         current = wl.truth[table].get(str(pk))
+        if current is not None and repoint < 1.0 and table != model.car and rng.random() >= repoint:
+            via = model.via_of(table)
+            if via is not None:
+                row[via] = current[via]  # the row stays with its car
         if current is not None and rng.random() < 0.2:
             msgs = enc.encode(table, "delete", current, 1_700_000_000_000 + n)
             del wl.truth[table][str(pk)]
@@ -49,7 +69,6 @@ def make_workload(fmt: CdcFormat, changes: int, *, keys: int = 2000, seed: int =
                 table, "update" if current is not None else "insert", row, 1_700_000_000_000 + n
             )
             wl.truth[table][str(pk)] = row
-        assert row[pk_col] == pk
         for key, value in msgs:
             item = (key, value, table)
             wl.messages.append(item)

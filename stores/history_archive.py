@@ -86,6 +86,6 @@ def archive_topic(
 
 def _flush(writer: HistoryWriter, topic: str, partition: int, rows: list[Record], kind: str) -> int:
     n = len(rows)
-    writer.write(topic, partition, rows, [], raw_kind=kind)
+    writer.write(topic, partition, rows, None, raw_kind=kind)
     rows.clear()
     return n

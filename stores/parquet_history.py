@@ -19,12 +19,13 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Literal
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from enrich.records import Record
+from enrich.records import EnrichedColumns, Record
 
 RAW_SCHEMA = pa.schema(
     [
@@ -93,7 +94,7 @@ class Intervals:
             self.add(run_start, prev)
 
 
-EnrichedRow = tuple[int, str, int | None, int, str, bytes]  # offset, event_id, car_id, ts, status, JSON
+HistoryKind = Literal["raw", "enriched"]
 _HOUR_MS = 3_600_000
 
 
@@ -180,7 +181,7 @@ class HistoryWriter:
         topic: str,
         partition: int,
         raw: Sequence[Record],
-        enriched: Sequence[EnrichedRow],
+        enriched: EnrichedColumns | None,
         *,
         raw_kind: str = "raw",
     ) -> list[Path]:
@@ -204,17 +205,16 @@ class HistoryWriter:
                 schema=RAW_SCHEMA,
             )
             written += self._write(raw_kind, topic, partition, table, kafka_ts)
-        if enriched:
-            offsets, ids, cars, ts, statuses, bodies = zip(*enriched, strict=True)
-            times = pa.array(ts, pa.int64())
+        if enriched is not None and enriched.rows:
+            times = pa.array(enriched.ts, pa.int64())
             table = pa.Table.from_arrays(
                 [
-                    pa.array(offsets, pa.int64()),
-                    pa.array(ids, pa.string()),
-                    pa.array(cars, pa.int64()),
+                    pa.array(enriched.offsets, pa.int64()),
+                    pa.array(enriched.event_ids, pa.string()),
+                    pa.array(enriched.car_ids, pa.int64()),
                     times,
-                    pa.array(statuses, pa.string()),
-                    pa.array(bodies, pa.binary()).view(pa.string()),  # orjson output: valid UTF-8
+                    pa.array(enriched.statuses, pa.string()),
+                    pa.array(enriched.bodies, pa.binary()).view(pa.string()),  # orjson output: valid UTF-8
                 ],
                 schema=ENRICHED_SCHEMA,
             )
@@ -222,7 +222,7 @@ class HistoryWriter:
         return written
 
 
-def read_history(root: Path, kind: str) -> pa.Table:
+def read_history(root: Path, kind: HistoryKind) -> pa.Table:
     """Every row of one kind (raw | enriched) under ``root``."""
     files = sorted((root / kind).glob("date=*/hour=*/*.parquet"))
     if not files:

@@ -1,291 +1,381 @@
-"""The snapshot store in Redis: position-checked writes in one Lua call per batch, merged lookups in one more.
+"""The snapshot store in Redis (``enrich.snapshot`` semantics; wire format: ``stores.snapshot_codec``).
 
-Layout (``prefix`` defaults to ``snap:``):
+**One Redis**: a batch of changes is one ``APPLY_LUA`` call per ``chunk`` (rows, the cars' indexes and the
+change feed, atomically); a lookup of many devices is one ``LOOKUP_LUA`` call.
 
-* ``snap:<table>:<pk>`` string ``position US op US fks US row`` (US = 0x1F): ``op`` is ``u`` or ``d`` (a
-  delete tombstone, which expires after the retention window), ``fks`` the foreign-key values as
-  ``col RS value RS col RS value`` (RS = 0x1E), ``row`` the row JSON (empty on a tombstone). One string per
-  row keeps each write to a single GET and SET in the script;
-* ``snap:trunc:<table>``: position of the table's last truncate (rows at or before it are gone);
-* ``snap:active:<table>:<parent>``: primary key of the parent's active row (e.g. the car's reservation);
-* ``snap:changes`` stream: one entry per applied batch, field ``c`` = ``table<TAB>pk<TAB>position<TAB>fks``
-  lines (fks = ``col GS value GS ...``, GS = 0x1D) — the change feed enrichment workers use to invalidate
-  their caches.
-
-A batch travels as one packed argument (changes separated by RS, fields by US; JSON never contains raw
-control characters and the normaliser rejects keys that do). Within a batch only the newest change per
-row is sent. The scripts touch keys they compute themselves, so they need a single Redis instance (or one
-hash slot); on Redis Cluster the layout would need hash tags per car — not done yet.
+**Redis Cluster** (the client is a ``redis.RedisCluster``): every key a script touches carries one hash
+tag — the row's, or the car's for its indexes — so the work is split per slot and pipelined:
+``APPLY_LUA`` in mode ``rows`` once per slot of the batch's rows (the truncate floors read first and
+passed in), then ``INDEX_LUA`` once per slot of the cars whose indexes change, then the feed entry. A
+crash between the steps is repaired by the replay of the batch (a replayed row restates its index entry;
+the feed gets every change of the batch, applied or not — an extra invalidation is harmless). Lookups
+read slot by slot with plain pipelined commands (devices; then cars and their indexes; then the rows in
+the indexes), three round trips.
 
 Outages: the store makes its client wait through a Redis restart (``stores.redis_client.ensure_retrying``:
-unlimited retries with backoff, the calling worker blocks meanwhile); the scripts reload themselves after
+unlimited retries with backoff, the calling worker blocks meanwhile); scripts reload themselves after
 ``NOSCRIPT``. A batch retried after a lost reply is harmless: every write is position-checked.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections import defaultdict
+from collections.abc import Generator, Iterable, Sequence
+from typing import Any, NamedTuple
 
 import orjson
 import redis
+from redis.crc import key_slot
 
-from enrich.cdc import Change, parent_of
-from enrich.snapshot import ApplyResult, Merged, StoredRow, join_plan
-from enrich.tables import TableSpec
+from enrich.asof import Gathered, History, Timeline, build_timeline, parents_of
+from enrich.cdc import Change
+from enrich.settings import Settings
+from enrich.snapshot import (
+    DEFAULT_HORIZON_MS,
+    DEFAULT_MAX_VERSIONS,
+    ApplyResult,
+    StoredRow,
+    in_apply_order,
+    stale_members,
+)
+from enrich.tables import ChildRole, JoinModel, load_model
+from stores import snapshot_codec as codec
 from stores.redis_client import ensure_retrying
+from stores.snapshot_scripts import APPLY_LUA, INDEX_LUA, LOOKUP_LUA
 
 _OPS = {"upsert": "u", "delete": "d", "truncate": "t"}
-US = "\x1f"
-RS = "\x1e"
 
-_SPLIT_LUA = r"""
-local function split(str, sep)
-  local out, p = {}, 1
-  while true do
-    local q = string.find(str, sep, p, true)
-    if not q then out[#out + 1] = string.sub(str, p); return out end
-    out[#out + 1] = string.sub(str, p, q - 1)
-    p = q + 1
-  end
-end
-local function decode(v)
-  -- position, op, fks (table col -> value), row
-  if not v then return nil end
-  local f = split(v, '\31')
-  local fks = {}
-  if f[3] ~= '' then
-    local kv = split(f[3], '\30')
-    for i = 1, #kv, 2 do fks[kv[i]] = kv[i + 1] end
-  end
-  return f[1], f[2], fks, f[4]
-end
-local truncs = {}
-local function floor_of(prefix, t)
-  if truncs[t] == nil then truncs[t] = redis.call('GET', prefix .. 'trunc:' .. t) or '' end
-  return truncs[t]
-end
-"""
 
-APPLY_LUA = (
-    _SPLIT_LUA
-    + r"""
-local prefix, ttl, maxlen = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local flags, feed = {}, {}
-for _, rec in ipairs(split(ARGV[4], '\30')) do
-  local f = split(rec, '\31')
-  local t, pk, op, pos, row, fks, act, per = f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8]
-  local floor = floor_of(prefix, t)
-  local ok = false
-  if op == 't' then
-    if pos > floor then
-      redis.call('SET', prefix .. 'trunc:' .. t, pos)
-      truncs[t] = pos
-      ok = true
-    end
-  else
-    local key = prefix .. t .. ':' .. pk
-    local curpos, _, curfks = decode(redis.call('GET', key))
-    if curpos and curpos <= floor then curpos = nil end
-    if pos > floor and ((not curpos) or pos > curpos) then
-      local value = pos .. '\31' .. op .. '\31' .. string.gsub(fks, '\29', '\30') .. '\31' .. row
-      if op == 'u' then
-        redis.call('SET', key, value)
-      else
-        redis.call('SET', key, value, 'EX', ttl)
-      end
-      if act ~= '' then
-        local newfk = {}
-        if fks ~= '' then
-          local kv = split(fks, '\29')
-          for i = 1, #kv, 2 do newfk[kv[i]] = kv[i + 1] end
-        end
-        local parents = {}
-        if curpos and curfks[per] then parents[#parents + 1] = curfks[per] end
-        if newfk[per] and newfk[per] ~= parents[1] then parents[#parents + 1] = newfk[per] end
-        for _, parent in ipairs(parents) do
-          local ak = prefix .. 'active:' .. t .. ':' .. parent
-          if redis.call('GET', ak) == pk then redis.call('DEL', ak) end
-        end
-        if op == 'u' and act == '1' and newfk[per] then
-          redis.call('SET', prefix .. 'active:' .. t .. ':' .. newfk[per], pk)
-        end
-      end
-      ok = true
-    end
-  end
-  if ok then
-    flags[#flags + 1] = '1'
-    feed[#feed + 1] = t .. '\t' .. pk .. '\t' .. pos .. '\t' .. fks
-  else
-    flags[#flags + 1] = '0'
-  end
-end
-if #feed > 0 then
-  redis.call('XADD', prefix .. 'changes', 'MAXLEN', '~', maxlen, '*', 'c', table.concat(feed, '\n'))
-end
-return table.concat(flags)
-"""
-)
+class _TablePlan(NamedTuple):
+    via: str | None  # the column naming the car (tables the car indexes)
+    child: ChildRole | None
+    flags: str  # 'L' for a child chosen "latest"
 
-LOOKUP_LUA = (
-    _SPLIT_LUA
-    + r"""
-local prefix, root, plan = ARGV[1], ARGV[2], ARGV[3]
-local steps = {}
-if plan ~= '' then
-  for _, item in ipairs(split(plan, '\30')) do
-    local p = split(item, '\31')
-    local acts = {}
-    if p[3] ~= '' then acts = split(p[3], ',') end
-    steps[#steps + 1] = {p[1], p[2], acts}
-  end
-end
-local out = {}
-local function live(t, pk)
-  -- position, row, fks of a live row, or nil
-  if not pk then return nil end
-  local pos, op, fks, row = decode(redis.call('GET', prefix .. t .. ':' .. pk))
-  if (not pos) or op ~= 'u' or pos <= floor_of(prefix, t) then return nil end
-  return pos, row, fks
-end
-local function push(pos, row)
-  out[#out + 1] = row or ''
-  out[#out + 1] = pos or ''
-end
-for i = 4, #ARGV do
-  local pos, row, fks = live(root, ARGV[i])
-  push(pos, row)
-  for _, s in ipairs(steps) do
-    local parent = pos and fks[s[1]] or nil
-    local rpos, rrow = live(s[2], parent)
-    push(rpos, rrow)
-    for _, a in ipairs(s[3]) do
-      local apk = parent and redis.call('GET', prefix .. 'active:' .. a .. ':' .. parent) or nil
-      local apos, arow = live(a, apk or nil)
-      push(apos, arow)
-    end
-  end
-end
-return out
-"""
-)
+
+def _plans(model: JoinModel) -> dict[str, _TablePlan]:
+    out = {}
+    for table in model.tables:
+        child = model.child(table)
+        latest = child is not None and child.choose.by == "latest"
+        out[table] = _TablePlan(model.via_of(table), child, "L" if latest else "")
+    return out
+
+
+def change_args(plans: dict[str, _TablePlan], ch: Change) -> list[str | int | bytes]:
+    """The ``CHANGE_FIELDS`` ARGV fields of one change (``enrich.snapshot.index_entry``, inlined)."""
+    plan = plans[ch.table]
+    flags = ("l" + plan.flags) if ch.load else plan.flags
+    row = ch.row
+    commit = ch.commit_ms
+    if ch.op == "upsert":
+        body = orjson.dumps(row)
+        op = "u"
+    else:
+        body = b""
+        op = "d" if ch.op == "delete" else "t"
+        row = None
+    via = plan.via
+    if via is None or op == "t":
+        return [ch.table, ch.pk, op, ch.position, commit, flags, "", "", b"%d\x1f\x1f%s" % (commit, body)]
+    parent = row.get(via) if row is not None else None
+    if parent is None:
+        return [ch.table, ch.pk, op, ch.position, commit, flags, "", "0", b"%d\x1f\x1f%s" % (commit, body)]
+    car = str(parent)
+    child = plan.child
+    until = "+inf" if child is None else codec.score_arg(child.choose.until(row))  # type: ignore[arg-type]
+    return [
+        ch.table,
+        ch.pk,
+        op,
+        ch.position,
+        commit,
+        flags,
+        car,
+        until,
+        codec.version_value(commit, car, body),
+    ]
+
+
+def lookup_args(model: JoinModel, prefix: str, pks: list[str]) -> list[str]:
+    kids = [c.table for c in model.children]
+    return [prefix, model.car, model.device, str(len(kids)), *kids, *pks]
+
+
+def _pairs(flat: Sequence[Any]) -> dict[str, History]:
+    return {codec.text(flat[i]): codec.decode_history(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+
+def decode_lookup(model: JoinModel, raw: Any, pks: list[str]) -> dict[str, Gathered]:
+    """What ``LOOKUP_LUA`` gathered, per device (used by the sync store and the API's async reader)."""
+    tables = [model.device, model.car, *(c.table for c in model.children)]
+    truncs = {t: tr for t, r in zip(tables, raw[0], strict=True) if (tr := codec.decode_trunc(r)) is not None}
+    out: dict[str, Gathered] = {}
+    for pk, entry in zip(pks, raw[1:], strict=True):
+        g = Gathered(root=codec.decode_history(entry[0]), truncs=truncs)
+        for car_entry in entry[1:]:
+            car = codec.text(car_entry[0])
+            g.cars[car] = codec.decode_history(car_entry[1])
+            g.devices[car] = _pairs(car_entry[2])
+            g.children[car] = {c.name: _pairs(car_entry[3 + i]) for i, c in enumerate(model.children)}
+        out[pk] = g
+    return out
+
+
+GatherPlan = Generator[list[tuple[str, ...]], list[Any], dict[str, Gathered]]
+
+
+def cluster_gather_plan(model: JoinModel, prefix: str, pks: list[str]) -> GatherPlan:
+    """The reads of a lookup on Redis Cluster, slot by slot: yields the commands of each round trip (to
+    be pipelined) and receives their replies; returns what was gathered per device. Used by the sync
+    store and the API's async reader alike."""
+    tables = [model.device, model.car, *(c.table for c in model.children)]
+    first: list[tuple[str, ...]] = [("GET", codec.trunc_key(prefix, t)) for t in tables]
+    first += [("HGETALL", codec.row_key(prefix, model.device, pk)) for pk in pks]
+    raw = yield first
+    truncs = {t: tr for t, r in zip(tables, raw, strict=False) if (tr := codec.decode_trunc(r)) is not None}
+    out = {pk: Gathered(root=codec.decode_history(flat), truncs=truncs)
+           for pk, flat in zip(pks, raw[len(tables):], strict=True)}  # fmt: skip
+    cars = sorted({car for g in out.values() for car in parents_of(g.root)})
+    indexed = [model.device, *(c.table for c in model.children)]
+    commands: list[tuple[str, ...]] = []
+    for car in cars:
+        commands.append(("HGETALL", codec.row_key(prefix, model.car, car)))
+        commands += [("ZRANGE", codec.index_key(prefix, model.car, car, t), "0", "-1") for t in indexed]
+    raw = yield commands
+    width = 1 + len(indexed)
+    car_rows: dict[str, History] = {}
+    members: dict[tuple[str, str], list[str]] = {}
+    for n, car in enumerate(cars):
+        car_rows[car] = codec.decode_history(raw[n * width])
+        for k, t in enumerate(indexed):
+            members[(car, t)] = [codec.text(m) for m in raw[n * width + 1 + k]]
+    order = sorted({(t, m) for (_car, t), ms in members.items() for m in ms})
+    raw = yield [("HGETALL", codec.row_key(prefix, t, m)) for t, m in order] if order else []
+    histories = dict(zip(order, (codec.decode_history(f) for f in raw), strict=True))
+    for pk, g in out.items():
+        for car in parents_of(g.root):
+            g.cars[car] = car_rows.get(car, [])
+            g.devices[car] = {d: histories[(model.device, d)]
+                              for d in members.get((car, model.device), []) if d != pk}  # fmt: skip
+            g.children[car] = {c.name: {k: histories[(c.table, k)] for k in members.get((car, c.table), [])}
+                               for c in model.children}  # fmt: skip
+    return out
 
 
 class RedisSnapshotStore:
-    """``SnapshotStore`` on Redis (see module docstring for the layout)."""
+    """``SnapshotStore`` on Redis or Redis Cluster (see the module docstring)."""
 
     def __init__(
         self,
-        client: redis.Redis,
-        tables: dict[str, TableSpec],
+        client: redis.Redis | redis.RedisCluster,
+        model: JoinModel,
         *,
         prefix: str = "snap:",
         tombstone_ttl_s: int = 7 * 86400,
         feed_maxlen: int = 100_000,
         chunk: int = 2000,
+        horizon_ms: int = DEFAULT_HORIZON_MS,
+        max_versions: int = DEFAULT_MAX_VERSIONS,
     ) -> None:
-        self.client = ensure_retrying(client)
-        self.tables = tables
+        self.cluster = isinstance(client, redis.RedisCluster)
+        self.client: Any = client if self.cluster else ensure_retrying(client)  # type: ignore[arg-type]
+        self.model = model
+        self.tables = model.tables
         self.prefix = prefix
         self.tombstone_ttl_s = tombstone_ttl_s
         self.feed_maxlen = feed_maxlen
         self.chunk = chunk
+        self.horizon_ms = horizon_ms
+        self.max_versions = max_versions
+        self._plans = _plans(model)
         self._apply = client.register_script(APPLY_LUA)
+        self._index = client.register_script(INDEX_LUA)
         self._lookup = client.register_script(LOOKUP_LUA)
+        if self.cluster:
+            self._load_scripts()
+
+    def _load_scripts(self) -> None:
+        """Cluster pipelines call scripts by hash: make every primary know them (again, after NOSCRIPT)."""
+        for src in (APPLY_LUA, INDEX_LUA):
+            self.client.script_load(src)
+
+    def _run_pipeline(self, calls: list[tuple[str, str, list[Any]]]) -> list[Any]:
+        """Cluster: EVALSHA calls (sha, key, args) pipelined; routed by their key's slot."""
+        for attempt in (1, 2):
+            pipe = self.client.pipeline(transaction=False)
+            for sha, key, args in calls:
+                pipe.execute_command("EVALSHA", sha, 1, key, *args)
+            try:
+                return pipe.execute()  # type: ignore[no-any-return]
+            except redis.exceptions.NoScriptError:
+                if attempt == 2:
+                    raise
+                self._load_scripts()
+        raise AssertionError("unreachable")
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, client: Any, model: JoinModel | None = None
+    ) -> RedisSnapshotStore:
+        """The store the settings describe (their tables file unless ``model`` is given)."""
+        return cls(client, model or load_model(settings.tables_file), prefix=settings.snapshot_prefix,
+                   tombstone_ttl_s=settings.snapshot_tombstone_ttl_s,
+                   horizon_ms=int(settings.snapshot_horizon_s * 1000),
+                   max_versions=settings.snapshot_max_versions)  # fmt: skip
 
     @property
     def feed_key(self) -> str:
-        return f"{self.prefix}changes"
+        return codec.feed_key(self.prefix)
 
-    def _pack(self, ch: Change) -> str:
-        spec = self.tables[ch.table]
-        # Within the record US and RS separate; foreign keys use GS (0x1D) here, RS once stored.
-        fks = "\x1d".join(f"{c}\x1d{v}" for c, v in parent_of(spec, ch.row).items())
-        act, per = "", ""
-        if spec.active is not None:
-            per = spec.active.per
-            act = "1" if ch.row is not None and ch.op == "upsert" and spec.active.is_active(ch.row) else "0"
-        row = orjson.dumps(ch.row).decode() if ch.op == "upsert" else ""
-        return US.join((ch.table, ch.pk, _OPS[ch.op], ch.position, row, fks, act, per))
+    def _head(self, mode: str, floors: str = "", feed: str = "") -> list[str | int | bytes]:
+        return [self.prefix, self.tombstone_ttl_s, self.feed_maxlen, self.horizon_ms, self.max_versions,
+                self.model.car, mode, floors, feed]  # fmt: skip
 
+    # -- writes ----------------------------------------------------------------------------------------
     def apply(self, changes: Sequence[Change]) -> ApplyResult:
-        result = ApplyResult()
-        # Only the newest change per row matters; older ones in the same batch would be ignored anyway.
-        newest: dict[tuple[str, str], Change] = {}
-        for ch in changes:
-            key = (ch.table, ch.pk)
-            seen = newest.get(key)
-            if seen is None or ch.position > seen.position:
-                newest[key] = ch
-        result.stale += len(changes) - len(newest)
-        todo = list(newest.values())
-        for start in range(0, len(todo), self.chunk):
-            part = todo[start : start + self.chunk]
-            packed = RS.join(self._pack(ch) for ch in part)
-            flags = self._apply(args=[self.prefix, self.tombstone_ttl_s, self.feed_maxlen, packed])
-            flags = flags.decode() if isinstance(flags, bytes) else str(flags)
-            for ch, flag in zip(part, flags, strict=True):
-                if flag == "1":
-                    result.applied += 1
-                    result.applied_keys.append((ch.table, ch.pk, ch.position))
-                else:
-                    result.stale += 1
+        ordered = in_apply_order(changes)
+        result = ApplyResult(stale=len(changes) - len(ordered))
+        if self.cluster:
+            flags = self._apply_cluster(ordered)
+        else:
+            flags = ""
+            plans = self._plans
+            for start in range(0, len(ordered), self.chunk):
+                args: list[str | int | bytes] = []
+                feed = []  # a line per change, applied or not: the feed entry is written with the batch
+                for ch in ordered[start : start + self.chunk]:
+                    fields = change_args(plans, ch)
+                    args += fields
+                    feed.append(f"{ch.table}\t{ch.pk}\t{fields[6]!s}")
+                reply = self._apply(args=self._head("all", "", "\n".join(feed)) + args)
+                flags += reply.decode() if isinstance(reply, bytes) else str(reply)
+        if len(flags) != len(ordered):
+            raise RuntimeError(f"the apply script answered {len(flags)} flags for {len(ordered)} changes")
+        applied = flags.count("1")
+        result.applied += applied
+        result.stale += len(ordered) - applied
         return result
 
+    def _apply_cluster(self, ordered: list[Change]) -> str:
+        flags: dict[int, str] = {}
+        feed: list[str] = []
+        segment: list[int] = []
+        for i, ch in enumerate(ordered):
+            if ch.op == "truncate":
+                self._cluster_rows(ordered, segment, flags)
+                segment = []
+                key = codec.trunc_key(self.prefix, ch.table)
+                (reply,) = self._run_pipeline(
+                    [(self._apply.sha, key, self._head("rows") + change_args(self._plans, ch))]
+                )
+                flags[i] = codec.text(reply[0])
+            else:
+                segment.append(i)
+            feed.append(f"{ch.table}\t{ch.pk}\t{change_args(self._plans, ch)[6]!s}")
+        self._cluster_rows(ordered, segment, flags)
+        if feed:
+            self.client.xadd(self.feed_key, {"c": "\n".join(feed)}, maxlen=self.feed_maxlen, approximate=True)
+        return "".join(flags[i] for i in range(len(ordered)))
+
+    def _cluster_rows(self, ordered: list[Change], todo: list[int], flags: dict[int, str]) -> None:
+        if not todo:
+            return
+        tables = sorted({ordered[i].table for i in todo})
+        pipe = self.client.pipeline(transaction=False)
+        for t in tables:
+            pipe.get(codec.trunc_key(self.prefix, t))
+        floors = codec.US.join(
+            f"{t}{codec.US}{tr.position if (tr := codec.decode_trunc(raw)) else ''}"
+            for t, raw in zip(tables, pipe.execute(), strict=True)
+        )
+        by_slot: dict[int, list[int]] = defaultdict(list)
+        for i in todo:
+            ch = ordered[i]
+            by_slot[key_slot(codec.row_key(self.prefix, ch.table, ch.pk).encode())].append(i)
+        groups = list(by_slot.values())
+        calls = []
+        for group in groups:
+            first = ordered[group[0]]
+            args = self._head("rows", floors)
+            for i in group:
+                args += change_args(self._plans, ordered[i])
+            calls.append((self._apply.sha, codec.row_key(self.prefix, first.table, first.pk), args))
+        index_ops: dict[int, list[Any]] = defaultdict(list)
+        for group, reply in zip(groups, self._run_pipeline(calls), strict=True):
+            for i, flag in zip(group, codec.text(reply[0]), strict=True):
+                flags[i] = flag
+            ops = [codec.text(x) for x in reply[1:]]
+            for j in range(0, len(ops), 6):
+                car = ops[j]
+                slot = key_slot(codec.index_key(self.prefix, self.model.car, car, ops[j + 1]).encode())
+                index_ops[slot] += ops[j : j + 6]
+        if index_ops:
+            self._run_pipeline([
+                (self._index.sha, codec.index_key(self.prefix, self.model.car, ops[0], ops[1]),
+                 [self.prefix, self.horizon_ms, self.model.car, *ops])
+                for ops in index_ops.values()
+            ])  # fmt: skip
+
+    # -- reads -----------------------------------------------------------------------------------------
+    def history(self, table: str, pk: str) -> History:
+        return codec.decode_history(self.client.hgetall(codec.row_key(self.prefix, table, pk)))
+
+    def _floor(self, table: str) -> str:
+        tr = codec.decode_trunc(self.client.get(codec.trunc_key(self.prefix, table)))
+        return tr.position if tr is not None else ""
+
     def get(self, table: str, pk: str) -> StoredRow | None:
-        raw: bytes | None = self.client.get(f"{self.prefix}{table}:{pk}")  # type: ignore[assignment]
-        floor: bytes = self.client.get(f"{self.prefix}trunc:{table}") or b""  # type: ignore[assignment]
-        if raw is None:
+        history = self.history(table, pk)
+        if not history or history[-1].position <= self._floor(table):
             return None
-        pos, op, _fks, row = raw.split(b"\x1f", 3)
-        if pos <= floor:
-            return None
-        return StoredRow(orjson.loads(row) if op == b"u" else None, pos.decode())
+        return StoredRow(history[-1].row, history[-1].position)
 
     def rows(self, table: str) -> dict[str, dict[str, Any]]:
+        floor = self._floor(table)
+        keys = list(self.client.scan_iter(match=codec.row_pattern(self.prefix, table), count=2000))
         out: dict[str, dict[str, Any]] = {}
-        keys = list(self.client.scan_iter(match=f"{self.prefix}{table}:*", count=1000))
-        for key in keys:
-            pk = key.decode()[len(self.prefix) + len(table) + 1 :]
-            stored = self.get(table, pk)
-            if stored is not None and stored.row is not None:
-                out[pk] = stored.row
+        for start in range(0, len(keys), 2000):
+            part = keys[start : start + 2000]
+            pipe = self.client.pipeline(transaction=False)
+            for key in part:
+                pipe.hgetall(key)
+            for key, flat in zip(part, pipe.execute(), strict=True):
+                history = codec.decode_history(flat)
+                if history and history[-1].row is not None and history[-1].position > floor:
+                    out[codec.pk_of_row_key(self.prefix, table, key)] = history[-1].row
         return out
 
-    def lookup(self, table: str, pks: Iterable[str]) -> dict[str, Merged]:
-        keys = list(pks)
-        if not keys:
+    def gather(self, pks: list[str], *, tidy: bool = True) -> dict[str, Gathered]:
+        """What the timelines of ``pks`` need; with ``tidy``, index entries whose row keeps no version
+        pointing at the car are dropped from the index (``enrich.snapshot.stale_members``)."""
+        if not pks:
             return {}
-        args, order = lookup_args(self.tables, self.prefix, table, keys)
-        return decode_lookup(self._lookup(args=args), keys, order)
+        if not self.cluster:
+            args = lookup_args(self.model, self.prefix, pks)
+            out = decode_lookup(self.model, self._lookup(args=args), pks)
+        else:
+            out = self._gather_cluster(pks)
+        if tidy:
+            stale = {s for g in out.values() for s in stale_members(self.model, g)}
+            if stale:
+                pipe = self.client.pipeline(transaction=False)
+                for car, table, member in stale:
+                    pipe.zrem(codec.index_key(self.prefix, self.model.car, car, table), member)
+                pipe.execute()
+        return out
 
+    def _gather_cluster(self, pks: list[str]) -> dict[str, Gathered]:
+        plan = cluster_gather_plan(self.model, self.prefix, pks)
+        commands = next(plan)
+        while True:
+            pipe = self.client.pipeline(transaction=False)
+            for cmd in commands:
+                pipe.execute_command(*cmd)
+            try:
+                commands = plan.send(pipe.execute())
+            except StopIteration as done:
+                return done.value  # type: ignore[no-any-return]
 
-def lookup_args(
-    tables: dict[str, TableSpec], prefix: str, table: str, keys: list[str]
-) -> tuple[list[str], list[str]]:
-    """Arguments of the LOOKUP_LUA call for ``keys`` of ``table``, and the tables of its answer in order."""
-    plan = join_plan(tables, table)
-    packed = RS.join(US.join((col, ref, ",".join(acts))) for col, ref, acts in plan)
-    order = [table]
-    for _col, ref, acts in plan:
-        order.append(ref)
-        order.extend(acts)
-    return [prefix, table, packed, *keys], order
-
-
-def decode_lookup(raw: Any, keys: list[str], order: list[str]) -> dict[str, Merged]:
-    """The merged rows of a LOOKUP_LUA answer (used by the sync store and the API's async reader)."""
-    width = 2 * len(order)
-    out: dict[str, Merged] = {}
-    loads = orjson.loads
-    for i, pk in enumerate(keys):
-        chunk = raw[i * width : (i + 1) * width]
-        rows: dict[str, dict[str, Any] | None] = {}
-        positions: dict[str, str | None] = {}
-        for j, name in enumerate(order):
-            row_b, pos_b = chunk[2 * j], chunk[2 * j + 1]
-            rows[name] = loads(row_b) if row_b else None
-            positions[name] = pos_b.decode() if pos_b else None
-        out[pk] = Merged(rows, positions)
-    return out
+    def lookup(self, pks: Iterable[str]) -> dict[str, Timeline]:
+        keys = list(dict.fromkeys(pks))
+        return {pk: build_timeline(self.model, pk, g) for pk, g in self.gather(keys).items()}

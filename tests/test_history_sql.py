@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.main import app
-from enrich.records import Record
+from enrich.records import EnrichedColumns, Record
 from stores.history_sql import EXAMPLES, HistorySQL, SqlError, parse_params
 from stores.parquet_history import HistoryWriter
 
@@ -37,7 +37,7 @@ def history(tmp_path: Path) -> Path:
     w = HistoryWriter(root)
     rows = [enriched_row(i, 1000 + i % 3, T0 + i * 600_000, float(i)) for i in range(12)]  # two hours
     raw = [Record("telemetry", 0, i, b"k", b"{}", T0 + i * 600_000) for i in range(12)]
-    w.write("telemetry", 0, raw, rows)
+    w.write("telemetry", 0, raw, EnrichedColumns(*(list(col) for col in zip(*rows, strict=True))))
     events = [
         ("a", "r1", "firing", 1000, T0),
         ("a", "r1", "resolved", 1000, T0),
@@ -56,7 +56,7 @@ def history(tmp_path: Path) -> Path:
         )
         for i, (iid, rule, st, car, start) in enumerate(events)
     ]
-    w.write("outliers", 0, outliers, [], raw_kind="outliers")
+    w.write("outliers", 0, outliers, None, raw_kind="outliers")
     w.close()
     return root
 

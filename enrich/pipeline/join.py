@@ -2,8 +2,10 @@
 
 ``JoinCore.process(records, now_ms)`` decodes every record, checks its event time, looks the devices up in
 the snapshot (one call of the ``Lookup`` port per batch: a cache hit, or one round trip for the misses),
-and returns a ``JoinBatch``: the enriched messages to produce (key = car id, with the source offset of each
-for dead-letter evidence), the dead letters, the events grouped per car for the state step, and the rows
+joins each event with the rows **as of its own time** (``enrich.asof``: a bisection of the device's
+timeline, no I/O), and returns a ``JoinBatch``: the enriched messages to produce (key = car id, with the
+source offset of each for dead-letter evidence), the dead letters, the events grouped per car for the state
+step (each with its car's rows as of its time, and whether the car had several devices then), and the rows
 of the Parquet history.
 
 Invariants:
@@ -13,7 +15,8 @@ Invariants:
 * a record whose device or car is not in the snapshot yet waits (``pending``, part of the recovery state)
   and is retried on every later batch and timer, for at most ``max_wait_ms`` of processing time and at
   most ``max_pending`` records; then it is emitted with ``enrichment.status`` = ``missing``/``partial``.
-  Later events of a waiting device wait behind it, so a device's events leave in order;
+  Later events of a waiting device wait behind it, so a device's events leave in order. How often an
+  event was retried travels beside it (``attempts``, a Kafka header), not in its bytes;
 * an event stamped more than ``max_future_skew_ms`` ahead of the wall clock (a device with a wrong clock),
   or older than ``max_age_ms`` (when set), is dead-lettered with reason ``future_timestamp`` / ``too_old``:
   it never reaches the state, the watermark or a timer;
@@ -28,19 +31,19 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from enrich.asof import Timeline
 from enrich.deadletter import dead_letter
 from enrich.errors import DecodeError
-from enrich.pipeline.encode import Fragment, encode, fragment, tail
-from enrich.pipeline.roles import DEFAULT_ROLES, Roles
-from enrich.records import Record
-from enrich.snapshot import Merged
+from enrich.pipeline.encode import Attrs, Fragment, encode, fragment
+from enrich.records import EnrichedColumns, Record
+from enrich.tables import DEFAULT_MODEL, JoinModel
 from enrich.telemetry import DEFAULT_MAX_BYTES, Telemetry, decode_telemetry
 
 
 class Lookup(Protocol):
-    """The snapshot, as the join sees it: merged device records by device id (misses left out or None)."""
+    """The snapshot, as the join sees it: device timelines by device id (misses left out or None)."""
 
-    def __call__(self, device_ids: Collection[str], /) -> Mapping[str, Merged | None]: ...
+    def __call__(self, device_ids: Collection[str], /) -> Mapping[str, Timeline | None]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +53,7 @@ class JoinConfig:
     max_future_skew_ms: int = 300_000
     max_age_ms: int = 0  # 0: no horizon
     max_event_bytes: int = DEFAULT_MAX_BYTES
-    roles: Roles = DEFAULT_ROLES
+    model: JoinModel = DEFAULT_MODEL
 
 
 @dataclass(slots=True)
@@ -68,18 +71,41 @@ class JoinState:
     pending: list[Pending] = field(default_factory=list)
 
 
+NO_ROWS: Attrs = (None, {})
+
+
 @dataclass(slots=True)
 class CarEvents:
-    """What one batch says about one car: its events in arrival order, and its snapshot rows as of the
-    newest of them."""
+    """What one batch says about one car: its events in arrival order with the car's snapshot rows as of
+    each event's time — ``attrs`` for all of them, or ``each[i]`` for ``events[i]`` once they differ —, how
+    many devices the car had (the most at the time of one of them; ``multi``: several, so its events must
+    be merged in event-time order from the first), and the newest event time."""
 
     events: list[Telemetry]
-    car: dict[str, object] | None = None
-    reservation: dict[str, object] | None = None
+    attrs: Attrs = NO_ROWS  # the rows of every event (while ``each`` is None)
+    each: list[Attrs] | None = None  # the rows of each event, once they differ between events
+    devices: int = 0  # the most devices the car had at the time of one of the events (0: unknown)
     newest: int = -1
 
+    @property
+    def multi(self) -> bool:
+        return self.devices > 1
 
-EnrichedRow = tuple[int, str, int | None, int, str, bytes]  # offset, event id, car id, ts, status, JSON
+    def add(self, tel: Telemetry, attrs: Attrs) -> None:
+        """One more event, with the car's rows as of its time."""
+        if not self.events:
+            self.attrs = attrs
+        elif self.each is not None:
+            self.each.append(attrs)
+        elif attrs is not self.attrs:
+            self.each = [self.attrs] * len(self.events) + [attrs]
+        self.events.append(tel)
+        if tel.ts > self.newest:
+            self.newest = tel.ts
+
+    def rows(self) -> list[Attrs]:
+        """The rows of each event."""
+        return self.each if self.each is not None else [self.attrs] * len(self.events)
 
 
 @dataclass(slots=True)
@@ -93,7 +119,8 @@ class JoinBatch:
     dead_reasons: dict[str, int] = field(default_factory=dict)
     cars: dict[int, CarEvents] = field(default_factory=dict)
     records: list[Record] = field(default_factory=list)  # the raw history: every record read
-    enriched_rows: list[EnrichedRow] = field(default_factory=list)
+    history: EnrichedColumns = field(default_factory=EnrichedColumns.empty)  # bodies: the ``bodies`` list
+    attempts: dict[int, int] = field(default_factory=dict)  # message index -> retries (events that waited)
     progress: int = 0
     idle: bool = False  # the partition reported it is idle (no records; see enrich.pipeline.watermark)
     misses: dict[str, int] = field(default_factory=dict)  # emitted without a full record, by status
@@ -134,6 +161,7 @@ class JoinCore:
         clock = time.thread_time  # CPU time of this thread: robust on a shared machine
         t0 = clock()
         out = JoinBatch(records=records)
+        out.history = EnrichedColumns([], [], [], [], [], out.bodies)
         if records:
             out.topic, out.partition = records[0].topic, records[0].partition
         elif self.state.pending:
@@ -179,14 +207,13 @@ class JoinCore:
         merged = self.lookup(wanted)
         t2 = clock()
         times.lookup += t2 - t1
-        roles = cfg.roles
-        end0 = tail(0, now_ms)
+        model = cfg.model
         still: list[Pending] = []
         waiting: set[str] = set()
         if pending:
             for p in pending:
-                m = merged.get(p.tel.device_id)
-                frag = fragment(m, roles)
+                tl = merged.get(p.tel.device_id)
+                frag = fragment(tl.single or tl.at(p.tel.ts) if tl is not None else None, model)
                 if frag.status != "ok" or p.tel.device_id in waiting:
                     if not final and now_ms - p.first_seen_ms < cfg.max_wait_ms:
                         p.attempts += 1
@@ -197,60 +224,52 @@ class JoinCore:
                         out.misses[frag.status] = out.misses.get(frag.status, 0) + 1
                 else:
                     out.retried += 1
-                self._emit(out, p.record, p.tel, frag, tail(p.attempts, now_ms))
-        # the common path inlined (this loop runs once per event): see _emit for the same steps
-        keys, bodies, sources, rows, cars = out.keys, out.bodies, out.sources, out.enriched_rows, out.cars
-        progress = out.progress
+                self._emit(out, p.record, p.tel, frag, p.attempts)
         for rec, tel in decoded:
-            device = tel.device_id
-            m = merged.get(device)
-            frag = fragment(m, roles)
-            if frag.status != "ok" or (waiting and device in waiting):
+            tl = merged.get(tel.device_id)
+            frag = fragment(tl.single or tl.at(tel.ts) if tl is not None else None, model)
+            if frag.status != "ok" or (waiting and tel.device_id in waiting):
                 if not final and len(still) < cfg.max_pending:
                     still.append(Pending(rec, tel, now_ms, 1))
-                    waiting.add(device)
+                    waiting.add(tel.device_id)
                     continue
                 if frag.status != "ok":
                     out.misses[frag.status] = out.misses.get(frag.status, 0) + 1
-            event_id = f"{device}:{tel.seq}"
-            body = encode(tel, None, frag, end0)  # None: the standard id, spliced without encoding it
-            car = frag.car_id
-            keys.append(frag.key if frag.key is not None else device.encode())
-            bodies.append(body)
-            sources.append(rec)
-            ts = tel.ts
-            rows.append((rec.offset, event_id, car, ts, frag.status, body))
-            if ts > progress:
-                progress = ts
-            if car is not None:
-                ce = cars.get(car)
-                if ce is None:
-                    ce = cars[car] = CarEvents([])
-                ce.events.append(tel)
-                if ts >= ce.newest:
-                    ce.newest = ts
-                    ce.car, ce.reservation = frag.car, frag.reservation
-        out.progress = max(out.progress, progress)
+            self._emit(out, rec, tel, frag, 0)
         self.state.pending = still
         out.pending = len(still)
         times.emit += clock() - t2
         return out
 
     @staticmethod
-    def _emit(out: JoinBatch, rec: Record, tel: Telemetry, frag: Fragment, end: bytes) -> None:
+    def _emit(out: JoinBatch, rec: Record, tel: Telemetry, frag: Fragment, attempts: int) -> None:
         event_id = f"{tel.device_id}:{tel.seq}"
-        body = encode(tel, event_id, frag, end)
+        body = encode(tel, None, frag, rec.timestamp)  # None: the standard id, spliced
         car = frag.car_id
+        if attempts:
+            out.attempts[len(out.bodies)] = attempts
         out.keys.append(frag.key if frag.key is not None else tel.device_id.encode())
         out.bodies.append(body)
         out.sources.append(rec)
-        out.enriched_rows.append((rec.offset, event_id, car, tel.ts, frag.status, body))
+        history = out.history
+        history.offsets.append(rec.offset)
+        history.event_ids.append(event_id)
+        history.car_ids.append(car)
+        history.ts.append(tel.ts)
+        history.statuses.append(frag.status)
         out.progress = max(out.progress, tel.ts)
         if car is not None:
             ce = out.cars.get(car)
-            if ce is None:
-                ce = out.cars[car] = CarEvents([])
+            if ce is None:  # (CarEvents.add, inlined: this runs once per event)
+                out.cars[car] = CarEvents([tel], frag.attrs, None, frag.devices, tel.ts)
+                return
             ce.events.append(tel)
-            if tel.ts >= ce.newest:
+            attrs = frag.attrs
+            if ce.each is not None:
+                ce.each.append(attrs)
+            elif attrs is not ce.attrs:
+                ce.each = [ce.attrs] * (len(ce.events) - 1) + [attrs]
+            if frag.devices > ce.devices:
+                ce.devices = frag.devices
+            if tel.ts > ce.newest:
                 ce.newest = tel.ts
-                ce.car, ce.reservation = frag.car, frag.reservation

@@ -17,9 +17,15 @@ Invariants:
   watermark passes it, or before an event of the car that is later than the deadline when every partition
   the car's devices report on has passed it too — so incident start and end times come from the data,
   never from when a batch happened to arrive. The cost of time passing is the number of due deadlines.
-* **Current devices only.** The car's devices are checked against the snapshot (``Lookup``) before any
-  deadline is evaluated and whenever a new device reports for the car; a device that no longer belongs to
-  it stops counting (its silence is not the car's).
+* **Current devices only.** The car's devices are checked against the snapshot (``Lookup``, as of the
+  time evaluated) before any deadline is evaluated and whenever a new device reports for the car; a device
+  that no longer belongs to it then stops counting (its silence is not the car's).
+* **Cars with several devices** see their events in event-time order from their first event: the join
+  says how many devices the car has (``CarEvents.devices``/``multi``); until every one of them has
+  reported, the car's events wait for the watermark of all partitions, then for the watermark of the
+  partitions its devices report on when those are several (one partition delivers in its own order).
+* **Snapshot rows as of each event.** Rules see the car's rows (``car``, the child roles) as they were at
+  each event's time: a batch's events are folded in runs of equal rows.
 * Evaluation time never goes backwards for a car (an event later than a fired deadline but older than it
   in event time is evaluated at the deadline's time), so an incident never ends before it starts.
 """
@@ -34,18 +40,34 @@ from typing import Any
 
 import orjson
 
-from enrich.pipeline.encode import car_of
+from enrich.pipeline.encode import Attrs, car_at
 from enrich.pipeline.join import CarEvents, Lookup
-from enrich.pipeline.roles import DEFAULT_ROLES, Roles
 from enrich.pipeline.timers import Timers
 from enrich.pipeline.watermark import Watermark
 from enrich.rules.engine import Alerts, AlertState, RuleEngine
 from enrich.rules.names import ATTR, ENGINE, SPEED, VehicleFacts
+from enrich.tables import DEFAULT_MODEL, JoinModel
 from enrich.telemetry import Scalar, Telemetry
 
 LAT, LON = "Vehicle.CurrentLocation.Latitude", "Vehicle.CurrentLocation.Longitude"
 Stamp = tuple[int, int, str]  # event time, sequence, device: a total order of a car's events
-Held = tuple[Telemetry, dict[str, Any] | None, dict[str, Any] | None]  # event, car and reservation rows
+Held = tuple[Telemetry, Attrs]  # an event and the car's rows as of its time
+#: The fields of a state record / vehicle-state document besides the child rows (which sit beside ``car``
+#: by role).
+DOC_FIELDS = frozenset(
+    {
+        "car_id",
+        "last_seen",
+        "location",
+        "signals",
+        "values",
+        "stamps",
+        "car",
+        "devices",
+        "updated_at",
+        "version",
+    }
+)
 
 
 @dataclass(slots=True)
@@ -58,7 +80,8 @@ class CarState(VehicleFacts):
     evaluated_at: int = 0  # event time of the last rule evaluation
     deadline: int | None = None  # filed in the timers (kept here for the recovery snapshot)
     held: list[Held] = field(default_factory=list)  # events waiting for the car's other partitions
-    multi: bool = False  # the car's devices report on more than one partition
+    multi: bool = False  # not all its devices have reported yet, or they report on several partitions
+    expected: int = 0  # how many devices the car has (the snapshot, as of its newest batch)
     updated_at: int = 0
     version: int = 0
     dirty: bool = False  # the document changed since it was last written
@@ -76,7 +99,7 @@ class CarState(VehicleFacts):
             "values": self.values,
             "stamps": self.stamps,
             "car": self.car,
-            "reservation": self.reservation,
+            **self.children,
             "devices": sorted(self.device_seen),
             "updated_at": self.updated_at,
             "version": self.version,
@@ -91,7 +114,7 @@ class CarState(VehicleFacts):
         alerts = {k: (a.active_since, a.last_true, a.firing, a.incident_id) for k, a in self.alerts.items()}
         return (self.speed_prev, self.speed_last, self.engine_on_at, self.device_id, self.newest,
                 dict(self.device_seen), dict(self.partitions), alerts, self.evaluated_at,
-                self.deadline, list(self.held), self.multi)  # fmt: skip
+                self.deadline, list(self.held), self.multi, self.expected)  # fmt: skip
 
     @classmethod
     def thaw(cls, doc: dict[str, Any], frozen: tuple[Any, ...]) -> CarState:
@@ -102,14 +125,14 @@ class CarState(VehicleFacts):
             signals = doc["signals"]
             values = {p: s["value"] for p, s in signals.items()}
             stamps = {p: (s["ts"], s["seq"], s["device_id"]) for p, s in signals.items()}
-        sp, sl, eng, dev, newest, seen, parts, alerts, evaluated, deadline, held, multi = frozen
+        sp, sl, eng, dev, newest, seen, parts, alerts, evaluated, deadline, held, multi, expected = frozen
         return cls(
             car_id=doc["car_id"],
             values=values,
             last_seen=doc["last_seen"],
             device_seen=dict(seen),
             car=doc["car"],
-            reservation=doc["reservation"],
+            children={k: v for k, v in doc.items() if k not in DOC_FIELDS},
             speed_prev=sp,
             speed_last=sl,
             engine_on_at=eng,
@@ -122,6 +145,7 @@ class CarState(VehicleFacts):
             deadline=deadline,
             held=list(held),
             multi=multi,
+            expected=expected,
             updated_at=doc["updated_at"],
             version=doc["version"],
         )
@@ -144,7 +168,7 @@ def public_document(record: dict[str, Any]) -> dict[str, Any]:
         "location": record["location"],
         "signals": signals,
         "car": record["car"],
-        "reservation": record["reservation"],
+        **{k: v for k, v in record.items() if k not in DOC_FIELDS},  # the child rows, by role
         "devices": record["devices"],
         "updated_at": record["updated_at"],
         "version": record["version"],
@@ -197,11 +221,13 @@ class StateCore:
         lookup: Lookup | None = None,
         resume: StateSnapshot | None = None,
         *,
-        roles: Roles = DEFAULT_ROLES,
+        model: JoinModel = DEFAULT_MODEL,
+        partitions: Collection[str] = (),
     ) -> None:
+        """``partitions``: every input partition (``topic-partition``); the watermark waits for all."""
         self.engine = engine
         self.lookup = lookup
-        self.roles = roles
+        self.model = model
         self.rules_on = bool(engine.rules)
         self.inputs = engine.inputs
         self.watched = sorted(k for k in engine.inputs if k != ATTR)  # signals whose change is evaluated
@@ -213,7 +239,7 @@ class StateCore:
         self._docs: dict[int, bytes] = {}  # the last state record written per car
         self._unsnapped: set[int] = set()  # cars touched since the last snapshot
         self.encode_s = 0.0  # CPU seconds spent encoding state documents (for the stage budget)
-        self.watermark = Watermark(dict(snap.progress), set(snap.idle), snap.watermark)
+        self.watermark = Watermark(dict(snap.progress), set(snap.idle), snap.watermark, frozenset(partitions))
         self._holding: list[tuple[int, int]] = []  # (oldest held event time, car): cars with held events
         for car, (_doc, frozen) in self.frozen.items():
             if frozen[9] is not None:
@@ -229,7 +255,7 @@ class StateCore:
             if known is not None:
                 cs = CarState.thaw(orjson.loads(known[0]), known[1])
             else:
-                cs = CarState(car_id, {}, 0, {}, None, None)
+                cs = CarState(car_id, {}, 0, {}, None, {})
             self.cars[car_id] = cs
         return cs
 
@@ -260,15 +286,21 @@ class StateCore:
         for car_id, ce in inp.cars.items():
             cs = self.car(car_id)
             parts = cs.partitions
+            changed = ce.devices != cs.expected
             for tel in ce.events:  # where each device reports (it may move when partitions change)
                 if parts.get(tel.device_id) != part:
                     parts[tel.device_id] = part
-                    cs.multi = len(set(parts.values())) > 1
+                    changed = True
+            if changed:  # hold while a device of the car is not known yet, or they span partitions
+                cs.expected = ce.devices
+                cs.multi = len(parts) < ce.devices or len(set(parts.values())) > 1
             if cs.multi or cs.held:
                 self._hold(cs, ce, wall_ms, out)
-            else:
+            elif ce.each is None:  # one set of rows for every event
                 events = ce.events if len(ce.events) < 2 else _in_order(ce.events)
-                self._car_events(cs, events, ce.car, ce.reservation, ce.newest, wall_ms, out)
+                self._car_events(cs, events, ce.attrs[0], ce.attrs[1], ce.newest, wall_ms, out)
+            else:
+                self._fold_runs(cs, *_in_order_with(ce.events, ce.each), wall_ms, out)
             touched.add(car_id)
         if wm is not None and self._holding and self._holding[0][0] < wm:
             touched.update(self._release(wm, wall_ms, out))
@@ -297,8 +329,7 @@ class StateCore:
             cs = self.car(car_id)
             if cs.held:
                 ready, cs.held = sorted(cs.held, key=_held_order), []
-                _tel, car_row, res_row = ready[-1]
-                self._car_events(cs, [h[0] for h in ready], car_row, res_row, ready[-1][0].ts, wall_ms, out)
+                self._fold_runs(cs, [h[0] for h in ready], [h[1] for h in ready], wall_ms, out)
                 touched.append(car_id)
         self._finish(set(touched), out, wall_ms)
         return out
@@ -308,21 +339,20 @@ class StateCore:
         """A car whose devices report on several partitions sees its events in (time, sequence, device)
         order, whatever order the partitions deliver them in: each waits until every partition of the
         car has passed its time (the car's watermark), so 1 or N processes give the same result."""
-        cs.held.extend((tel, ce.car, ce.reservation) for tel in ce.events)
+        cs.held.extend(zip(ce.events, ce.rows(), strict=True))
         self._release_car(cs, wall_ms, out)
 
     def _release_car(self, cs: CarState, wall_ms: int, out: StateOut) -> None:
         limit = self._car_watermark(cs)
         cs.held.sort(key=_held_order)
         n = 0
-        for tel, _car, _res in cs.held:
+        for tel, _attrs in cs.held:
             if tel.ts >= limit:
                 break
             n += 1
         if n:
             ready, cs.held = cs.held[:n], cs.held[n:]
-            _tel, car_row, res_row = ready[-1]
-            self._car_events(cs, [h[0] for h in ready], car_row, res_row, ready[-1][0].ts, wall_ms, out)
+            self._fold_runs(cs, [h[0] for h in ready], [h[1] for h in ready], wall_ms, out)
         if cs.held:
             heapq.heappush(self._holding, (cs.held[0][0].ts, cs.car_id))
 
@@ -339,12 +369,25 @@ class StateCore:
                 self._release_car(cs, wall_ms, out)
         return list(done)
 
+    def _fold_runs(
+        self, cs: CarState, events: list[Telemetry], attrs: list[Attrs], wall_ms: int, out: StateOut
+    ) -> None:
+        """Fold events of one car (in the order given), in runs of equal snapshot rows."""
+        start, first = 0, attrs[0]
+        for i in range(1, len(events)):
+            a = attrs[i]
+            if a is not first and a != first:
+                self._car_events(cs, events[start:i], first[0], first[1], events[i - 1].ts, wall_ms, out)
+                start, first = i, a
+        run = events[start:] if start else events
+        self._car_events(cs, run, first[0], first[1], max(tel.ts for tel in run), wall_ms, out)
+
     def _car_events(
         self,
         cs: CarState,
         events: list[Telemetry],
         car_row: dict[str, Any] | None,
-        res_row: dict[str, Any] | None,
+        children: dict[str, dict[str, Any] | None],
         newest: int,
         wall_ms: int,
         out: StateOut,
@@ -353,12 +396,8 @@ class StateCore:
         car_id = cs.car_id
         new_car = not cs.device_seen and not cs.values
         attr_changed = False
-        if (
-            newest >= cs.last_seen
-            and car_row is not None
-            and (car_row != cs.car or res_row != cs.reservation)
-        ):
-            cs.car, cs.reservation = car_row, res_row
+        if newest >= cs.last_seen and car_row is not None and (car_row != cs.car or children != cs.children):
+            cs.car, cs.children = car_row, children
             attr_changed = cs.dirty = True
         values, stamps, seen = cs.values, cs.stamps, cs.device_seen
         inputs, rules_on, engine = self.watched, self.rules_on, self.engine
@@ -369,12 +408,12 @@ class StateCore:
             if filed is not None and filed < ts and rules_on:  # a deadline falls before this event
                 limit = min(ts, self._car_watermark(cs)) - 1
                 if filed <= limit:
-                    self._validate([cs])
+                    self._validate([cs], limit)
                     self._run_deadlines(cs, limit, wall_ms, out)
             last = seen.get(device)
             if last is None:
                 if seen and self.lookup is not None:
-                    self._validate([cs])  # a new device: are the others still the car's?
+                    self._validate([cs], ts)  # a new device: are the others still the car's?
                 devices_changed = True
                 seen[device] = ts
             elif last < ts:
@@ -421,6 +460,8 @@ class StateCore:
         it is just past the newest)."""
         progress, idle = self.watermark.progress, self.watermark.idle
         parts = cs.partitions
+        if len(parts) < cs.expected:  # not every device of the car has reported: wait for all partitions
+            return self.watermark.value or 0
         if len(parts) == 1:
             for p in parts.values():
                 return progress.get(p, 0) + (1 if p in idle else 0)
@@ -457,13 +498,14 @@ class StateCore:
         if not due:
             return []
         cars = [self.car(car_id) for _, car_id in due]
-        self._validate(cars)
+        self._validate(cars, wm - 1)
         for cs in cars:
             self._run_deadlines(cs, wm, wall_ms, out)
         return [cs.car_id for cs in cars]
 
     # -- current devices -------------------------------------------------------------------------------
-    def _validate(self, cars: Collection[CarState]) -> None:
+    def _validate(self, cars: Collection[CarState], at: int) -> None:
+        """Drop devices that did not belong to their car at ``at`` (the time about to be evaluated)."""
         if self.lookup is None:
             return
         wanted = {d for cs in cars for d in cs.device_seen}
@@ -471,7 +513,7 @@ class StateCore:
             return
         found: Mapping[str, Any] = self.lookup(wanted)
         for cs in cars:
-            gone = [d for d in cs.device_seen if car_of(found.get(d), self.roles) != cs.car_id]
+            gone = [d for d in cs.device_seen if car_at(found.get(d), at, self.model) != cs.car_id]
             for d in gone:
                 del cs.device_seen[d]
                 cs.partitions.pop(d, None)
@@ -526,6 +568,15 @@ def _in_order(events: list[Telemetry]) -> list[Telemetry]:
     return events
 
 
+def _in_order_with(events: list[Telemetry], attrs: list[Attrs]) -> tuple[list[Telemetry], list[Attrs]]:
+    """``_in_order`` for events with their own rows."""
+    ordered = _in_order(events)
+    if ordered is events:
+        return events, attrs
+    at = {id(tel): a for tel, a in zip(events, attrs, strict=True)}
+    return ordered, [at[id(tel)] for tel in ordered]
+
+
 def _merge_older(
     values: dict[str, Scalar], stamps: dict[str, Stamp], new: dict[str, Scalar], stamp: Stamp
 ) -> None:
@@ -546,7 +597,7 @@ def fold_documents(
     """The state documents of cars after folding ``events`` (no rules): the flow's fold, for tests/tools."""
     core = StateCore(RuleEngine([]))
     cars = {
-        car: CarEvents(list(evs), (rows or {}).get(car), None, max((t.ts for t in evs), default=-1))
+        car: CarEvents(list(evs), ((rows or {}).get(car), {}), None, 0, max((t.ts for t in evs), default=-1))
         for car, evs in events.items()
     }
     out = core.process(BucketInput(cars, "", 0), now_ms)

@@ -12,7 +12,9 @@ restarts — is not idle and keeps holding the watermark, so an outage can never
 Every event older than the watermark has been seen (events *at* a partition's newest time may still be on
 their way: ties are not complete), so users compare strictly: a deadline ``D`` is due when ``D <
 watermark``. The watermark never moves backwards, and involves no clock: the same input gives the same
-watermark.
+watermark. With ``required`` (every partition of the input), there is no watermark until each of them has
+reported once (progress or idle), so a partition whose first batch comes late — from another process of a
+cluster, say — cannot be overtaken.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class Watermark:
     progress: dict[str, int] = field(default_factory=dict)  # partition -> newest event time
     idle: set[str] = field(default_factory=set)
     value: int | None = None
+    required: frozenset[str] = frozenset()  # partitions that must have reported before there is a watermark
 
     def observe(self, partition: str, newest: int, idle: bool) -> int | None:
         """Take one partition report; returns the watermark (None until some event time is known)."""
@@ -36,6 +39,8 @@ class Watermark:
             self.idle.add(partition)
         else:
             self.idle.discard(partition)
+        if self.required and not self.required <= self.progress.keys():
+            return self.value
         active = [ts for p, ts in self.progress.items() if p not in self.idle]
         candidate = min(active) if active else max(self.progress.values()) + 1
         if candidate > 0 and (self.value is None or candidate > self.value):

@@ -175,7 +175,7 @@ class RuleEngine:
             "starts_at": st.active_since,
             "ends_at": now if status == "resolved" else None,
             "generated_at": wall,
-            "snapshot": {"car": f.car, "reservation": f.reservation, "signals": signals},
+            "snapshot": {"car": f.car, **f.children, "signals": signals},
         }
 
 

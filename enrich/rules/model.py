@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -14,10 +15,12 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
 from enrich.rules.expr import Compiled, ExprError, compile_expr
-from enrich.rules.names import DERIVED, TIME_DEPENDENT, inputs_of, resolve
+from enrich.rules.names import DERIVED, TIME_DEPENDENT, attribute_of, inputs_of, resolve
+from enrich.tables import DEFAULT_MODEL
 from enrich.telemetry import BOOL_SIGNALS, FLOAT_SIGNALS, STRING_SIGNALS
 
-ATTRIBUTE_PREFIXES = ("car.", "reservation.", "device.")
+#: The attribute roles rules may read when no join model is given: the default model's.
+DEFAULT_ROLES: tuple[str, ...] = DEFAULT_MODEL.attribute_roles
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)(ms|s|m|h)$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000}
 
@@ -46,9 +49,14 @@ def parse_duration(text: str | int | float | None) -> int:
     return int(float(m.group(1)) * _UNIT_MS[m.group(2)])
 
 
-def known_name(name: str) -> bool:
-    if name in DERIVED or name.startswith(ATTRIBUTE_PREFIXES):
+def known_name(name: str, roles: Collection[str] = DEFAULT_ROLES) -> bool:
+    """Whether a rule may read ``name``: a derived signal, a VSS signal, or ``<role>.<column>`` of one of
+    the join model's attribute roles (``car``, the child roles)."""
+    if name in DERIVED:
         return True
+    attr = attribute_of(name)
+    if attr is not None:
+        return attr[0] in roles and bool(attr[1])
     return name.startswith("Vehicle.") or name in BOOL_SIGNALS | FLOAT_SIGNALS | STRING_SIGNALS
 
 
@@ -97,8 +105,9 @@ def _strip(doc: Any) -> Any:
     return doc
 
 
-def parse_rules(text: str) -> list[Rule]:
-    """Parse, validate and compile a rule file. Raises ``RuleError`` with the line of the offending rule."""
+def parse_rules(text: str, roles: Collection[str] = DEFAULT_ROLES) -> list[Rule]:
+    """Parse, validate and compile a rule file. Raises ``RuleError`` with the line of the offending rule.
+    ``roles``: the attribute roles of the join model (``JoinModel.attribute_roles``)."""
     try:
         raw = yaml.load(text, Loader=_LineLoader)
     except yaml.YAMLError as exc:
@@ -127,7 +136,9 @@ def parse_rules(text: str) -> list[Rule]:
             raise RuleError(f"duplicate rule id {item['id']!r}", line=line, field_path=f"{i}.id")
         seen.add(item["id"])
         try:
-            condition = compile_expr(item["when"], known_name, resolve, TIME_DEPENDENT)
+            condition = compile_expr(
+                item["when"], lambda name: known_name(name, roles), resolve, TIME_DEPENDENT
+            )
         except ExprError as exc:
             col = f" (column {exc.col})" if exc.col else ""
             raise RuleError(f"{exc.args[0]}{col}", line=line, field_path=f"{i}.when") from exc
@@ -147,8 +158,9 @@ def parse_rules(text: str) -> list[Rule]:
     return rules
 
 
-def load_rules(path: Path | None) -> list[Rule]:
-    """The rule pack at ``path``, or the default pack shipped with the engine."""
+def load_rules(path: Path | None, roles: Collection[str] = DEFAULT_ROLES) -> list[Rule]:
+    """The rule pack at ``path``, or the default pack shipped with the engine, for a join model with the
+    attribute ``roles``."""
     if path is None:
-        return parse_rules(resources.files("enrich.rules").joinpath("default.yaml").read_text())
-    return parse_rules(path.read_text())
+        return parse_rules(resources.files("enrich.rules").joinpath("default.yaml").read_text(), roles)
+    return parse_rules(path.read_text(), roles)

@@ -1,11 +1,11 @@
 """What a name in a rule condition reads, and the per-car facts those names are read from.
 
-A name is a VSS signal (the car's latest value), a snapshot attribute (``car.*``, ``reservation.*``) or a
-derived signal computed from the facts at an event time ``now``. Derived signals that change as time
-passes (``seconds_since_last_event``, ``engine_off_for_s``) have an *anchor*: the event time they count
-from. The engine uses anchors to work out when time alone can change a condition (timers), so a quiet car
-costs nothing until then.
-"""
+A name is a VSS signal (the car's latest value), a snapshot attribute (``<role>.<column>``: the car's row as
+``car.*``, each child role of the join model by its name, e.g. ``reservation.*``; ``<child>.active`` is true
+while the car has a row of that role) or a derived signal computed from the facts at an event time ``now``.
+Derived signals that change as time passes (``seconds_since_last_event``, ``engine_off_for_s``) have an
+*anchor*: the event time they count from. The engine uses anchors to work out when time alone can change a
+condition (timers), so a quiet car costs nothing until then."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ class VehicleFacts:
     last_seen: int
     device_seen: dict[str, int]
     car: dict[str, Any] | None
-    reservation: dict[str, Any] | None
+    children: dict[str, dict[str, Any] | None]  # child role -> the car's chosen row (None: none)
     speed_prev: tuple[float, int] | None = None  # (km/h, ts) of the reading before the newest
     speed_last: tuple[float, int] | None = None
     engine_on_at: int | None = None  # event time the engine was last seen running
@@ -150,40 +150,53 @@ class Ctx:
         self.now = now
 
 
+def attribute_of(name: str) -> tuple[str, str] | None:
+    """``("car", "fleet")`` for ``car.fleet``: a snapshot attribute's role and column (None otherwise)."""
+    if name.startswith("Vehicle.") or "." not in name:
+        return None
+    role, column = name.split(".", 1)
+    return role, column
+
+
 def resolve(name: str) -> Callable[[Ctx], Any]:
     """The accessor for ``name`` on a ``Ctx``: a derived signal, a snapshot attribute, or a VSS signal."""
     if name in DERIVED:
         fn = DERIVED[name][1]
         return lambda c: fn(c.facts, c.now)
-    if name == "reservation.active":
-        return lambda c: c.facts.reservation is not None
-    for prefix in ("car.", "reservation."):
-        if name.startswith(prefix):
-            column, attr = name[len(prefix) :], prefix[:-1]
+    attr = attribute_of(name)
+    if attr is None:
+        return lambda c: c.values.get(name)
+    role, column = attr
+    if role == "car":
+        return lambda c: c.facts.car.get(column) if c.facts.car is not None else None
+    if column == "active":
+        return lambda c: c.facts.children.get(role) is not None
 
-            def read(c: Ctx, column: str = column, attr: str = attr) -> Any:
-                row = c.facts.car if attr == "car" else c.facts.reservation
-                return row.get(column) if row is not None else None
+    def read(c: Ctx) -> Any:
+        row = c.facts.children.get(role)
+        return row.get(column) if row is not None else None
 
-            return read
-    return lambda c: c.values.get(name)
+    return read
 
 
 def source_of(name: str, derived_var: Callable[[str], str]) -> str:
     """Python source reading ``name`` inside a compiled pack, where ``f`` is the facts, ``v`` their values,
-    ``car``/``res`` the snapshot rows and ``now`` the event time; derived signals come from variables."""
+    ``car`` the car row, ``ch`` the child rows by role, ``E`` an empty mapping and ``now`` the event time;
+    derived signals come from variables."""
     if name in DERIVED:
         return derived_var(name)
-    if name == "reservation.active":
-        return "(res is not None)"
-    if name.startswith("car."):
-        return f"(car.get({name[4:]!r}) if car is not None else None)"
-    if name.startswith("reservation."):
-        return f"(res.get({name[12:]!r}) if res is not None else None)"
-    return f"v.get({name!r})"
+    attr = attribute_of(name)
+    if attr is None:
+        return f"v.get({name!r})"
+    role, column = attr
+    if role == "car":
+        return f"(car.get({column!r}) if car is not None else None)"
+    if column == "active":
+        return f"(ch.get({role!r}) is not None)"
+    return f"(ch.get({role!r}) or E).get({column!r})"
 
 
-ATTR = "@attr"  # stands for "a snapshot attribute (car.*, reservation.*) changed"
+ATTR = "@attr"  # stands for "a snapshot attribute (car.*, <child role>.*) changed"
 _DERIVED_INPUTS: dict[str, tuple[str, ...]] = {
     "any_door_open": DOORS,
     "all_doors_closed": DOORS,
@@ -199,7 +212,7 @@ def inputs_of(names: frozenset[str]) -> frozenset[str]:
     for name in names:
         if name in _DERIVED_INPUTS:
             out.update(_DERIVED_INPUTS[name])
-        elif name.startswith(("car.", "reservation.")):
+        elif attribute_of(name) is not None:
             out.add(ATTR)
         elif name not in DERIVED:
             out.add(name)

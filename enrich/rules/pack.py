@@ -2,7 +2,7 @@
 
 ``Pack.truths(facts, now)`` evaluates every condition of the pack in one call of generated straight-line
 code: each name the pack reads is loaded once into a local (signals with one ``dict.get``, snapshot
-attributes from the car/reservation rows, each derived signal computed once), then each condition is a
+attributes from the car and child rows, each derived signal computed once), then each condition is a
 guarded boolean expression over those locals. It returns the indices of the rules whose condition holds.
 
 ``Pack.change_points(facts, now)`` lists the event times after ``now`` at which time alone can flip a
@@ -44,7 +44,8 @@ class Pack:
         dvar = {n: f"d{i}" for i, n in enumerate(derived)}
         var = {n: f"n{i}" for i, n in enumerate(names)}
         scope: dict[str, Any] = {f"D{i}": DERIVED[n][1] for i, n in enumerate(derived)}
-        lines = ["def truths(f, now):", "    v = f.values", "    car = f.car", "    res = f.reservation"]
+        scope["E"] = {}
+        lines = ["def truths(f, now):", "    v = f.values", "    car = f.car", "    ch = f.children"]
         lines += [f"    {dvar[n]} = D{i}(f, now)" for i, n in enumerate(derived)]
         lines += [f"    {var[n]} = {source_of(n, dvar.__getitem__)}" for n in names]
         lines.append("    out = []")

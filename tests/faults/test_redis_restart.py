@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY
 from alerts.outbox import Job, Outbox
 from connectors.health import monitor
 from enrich.cdc import Change
-from enrich.tables import DEFAULT_TABLES
+from enrich.tables import DEFAULT_MODEL
 from stack.procs import wait_until
 from stores.redis_client import redis_client
 from stores.redis_snapshot import RedisSnapshotStore
@@ -60,18 +60,18 @@ def test_snapshot_store_and_outbox_scripts_survive_a_restart(
     private_stack: PrivateStack, tmp_path: Path
 ) -> None:
     s = private_stack.settings(tmp_path)
-    store = RedisSnapshotStore(redis_client(s), DEFAULT_TABLES, prefix=s.snapshot_prefix)
+    store = RedisSnapshotStore.from_settings(s, redis_client(s), DEFAULT_MODEL)
     cache = CachedSnapshot(store)
     outbox = Outbox(redis_client(s), s.alerts_prefix)
     store.apply([
         Change("carinfo", "7", "upsert", {"car_id": 7, "fleet": "busan"}, "L1", 1),
         Change("deviceinfo", "d7", "upsert", {"device_id": "d7", "car_id": 7}, "L2", 2),
     ])  # fmt: skip
-    assert cache.lookup(["d7"])["d7"].rows["carinfo"] == {"car_id": 7, "fleet": "busan"}
+    assert cache.lookup(["d7"])["d7"].latest.rows["car"] == {"car_id": 7, "fleet": "busan"}
     assert outbox.enqueue(Job("m1", "ops", "webhook", {"body": "{}"}, ["i1"]))
     private_stack.redis.restart(hard=True)  # the script cache is empty afterwards: NOSCRIPT on next use
     store.apply([Change("carinfo", "7", "upsert", {"car_id": 7, "fleet": "seoul"}, "L3", 3)])
-    assert cache.lookup(["d7"])["d7"].rows["carinfo"] == {"car_id": 7, "fleet": "seoul"}
+    assert cache.lookup(["d7"])["d7"].latest.rows["car"] == {"car_id": 7, "fleet": "seoul"}
     assert not outbox.enqueue(Job("m1", "ops", "webhook", {"body": "{}"}, ["i1"]))  # still known (AOF)
     assert outbox.enqueue(Job("m2", "ops", "webhook", {"body": "{}"}, ["i2"]))
     assert [j.id for j in outbox.due("ops", 2e12)] == ["m1", "m2"]

@@ -43,7 +43,7 @@ def test_the_snapshot_flow_started_with_both_dependencies_down_waits_then_loads(
     finally:
         if proc.poll() is None:
             proc.kill()
-    store = RedisSnapshotStore(redis_client(s), DEFAULT_TABLES, prefix=s.snapshot_prefix)
+    store = RedisSnapshotStore.from_settings(s, redis_client(s))
     assert {t: store.rows(t) for t in DEFAULT_TABLES} == wl.truth
     text = log.read_text()
     assert "kafka reachable again" in text and "redis reachable again" in text

@@ -31,7 +31,7 @@ def test_raw_history_is_flattened_with_rows_as_lines(tmp_path: Path) -> None:
     docs: list[bytes | None] = [orjson.dumps(d) for d in (NESTED, FLAT, NESTED)]
     docs += [None, orjson.dumps(FLAT_STRINGS)]  # a tombstone-like null value, then numbers as strings
     rows = [Record("telemetry", 0, 10 + i, b"k", v, 1718000000000 + i) for i, v in enumerate(docs)]
-    HistoryWriter(history).write("telemetry", 0, rows, [])
+    HistoryWriter(history).write("telemetry", 0, rows, None)
     report = run_job([history / "raw"], tmp_path / "out", dataset="telemetry")
     assert report["records"] == 4 and report["tables"]["telemetry"] == 4
     assert [(e["line"], e["reason"]) for e in report["errors"]] == [(4, "null_value")]

@@ -17,7 +17,6 @@ from api.main import create_app
 from api.policy import SEED_POLICIES
 from enrich.cdc import Change
 from enrich.settings import Settings
-from enrich.tables import DEFAULT_TABLES
 from stores.redis_snapshot import RedisSnapshotStore
 from tests.integration.api_util import car_row, cleanup, create_key, outlier, state_doc, write_states
 from tests.test_schemas import Target
@@ -225,16 +224,23 @@ def test_bounds_cursors_and_problems(fleet: tuple[Settings, dict[str, str]]) -> 
 
 def test_devices_rules_and_ops(fleet: tuple[Settings, dict[str, str]]) -> None:
     s, keys = fleet
-    store = RedisSnapshotStore(redis.Redis.from_url(s.redis_url), DEFAULT_TABLES, prefix=s.snapshot_prefix)
+    store = RedisSnapshotStore.from_settings(s, redis.Redis.from_url(s.redis_url))
     store.apply(
         [
-            Change("carinfo", "1", "upsert", PROD, "L1", 1),
-            Change("deviceinfo", "d1", "upsert", {"device_id": "d1", "car_id": 1}, "L2", 2),
+            Change("carinfo", "1", "upsert", PROD, "L1", 1, True),
+            Change("deviceinfo", "d1", "upsert", {"device_id": "d1", "car_id": 1}, "L2", 2, True),
+            Change("reservation", "r1", "upsert", {"reservation_id": "r1", "car_id": 1, "status": "ACTIVE"},
+                   "L3", 1_000),
+            Change("reservation", "r1", "upsert", {"reservation_id": "r1", "car_id": 1, "status": "ENDED"},
+                   "L4", 2_000),
         ]
-    )
+    )  # fmt: skip
     with TestClient(create_app(s)) as http:
         d = http.get("/v1/devices/d1", headers=auth(keys["ops"])).json()
-        assert d["car"] == PROD and d["device"]["car_id"] == 1
+        assert d["car"] == PROD and d["device"]["car_id"] == 1 and d["reservation"] is None
+        assert d["devices"] == 1 and d["positions"] == {"device": "L2", "car": "L1", "reservation": None}
+        then = http.get("/v1/devices/d1", params={"at": 1_500}, headers=auth(keys["ops"])).json()
+        assert then["at"] == 1_500 and then["reservation"]["reservation_id"] == "r1"  # as of that time
         is_problem(http.get("/v1/devices/d1", headers=auth(keys["beta"])), 404)  # its car is prod
         is_problem(http.get("/v1/devices/nope", headers=auth(keys["ops"])), 404)
         rules = http.get("/v1/rules", headers=auth(keys["none"])).json()

@@ -33,14 +33,14 @@ pytestmark = pytest.mark.integration
 
 def snapshot_store_works_on(url: str) -> str | None:
     """None when the snapshot store's scripts run on the cluster, else the error they meet."""
-    from enrich.tables import DEFAULT_TABLES
+    from enrich.tables import DEFAULT_MODEL
     from stores.redis_snapshot import RedisSnapshotStore
 
     client = redis_client(Settings(), url)
-    store = RedisSnapshotStore(client, DEFAULT_TABLES, prefix=f"p{uuid.uuid4().hex[:6]}:snap:")
+    store = RedisSnapshotStore(client, DEFAULT_MODEL, prefix=f"p{uuid.uuid4().hex[:6]}:snap:")
     try:
         for i in range(8):
-            store.lookup("deviceinfo", {f"probe-{i}-{j}" for j in range(4)})
+            store.lookup({f"probe-{i}-{j}" for j in range(4)})
     except redis.RedisError as exc:
         return f"{type(exc).__name__}: {exc}"
     return None

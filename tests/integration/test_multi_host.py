@@ -32,14 +32,6 @@ from tests.integration.pipeline import run_to_eof
 
 pytestmark = pytest.mark.integration
 
-# A car whose two devices write to different telemetry partitions has its events merged in arrival order,
-# which differs between one process and two (and between runs): per-event rules then see other intermediate
-# states (incident starts and ids differ), and equal (ts, seq) from two devices are credited by arrival. Kept
-# visible as an expected failure until the flow orders such merges by event time.
-ORDER_DEFECT = (
-    "flow defect: a car's events from two devices on two partitions are merged in arrival order, so "
-    "incident starts/ids and tie-broken signal sources depend on the process count"
-)
 CLUSTER_PORT = 2101  # the namespaces are fresh: nothing else listens in them
 
 
@@ -78,10 +70,10 @@ def outputs_of(base: Settings, name: str, tmp: Path) -> Settings:
     )
 
 
-@pytest.mark.parametrize(
-    "devices_per_car",
-    [1, pytest.param(2, marks=pytest.mark.xfail(reason=ORDER_DEFECT, strict=False), id="2-devices-per-car")],
-)
+# A car whose two devices write to different telemetry partitions has its events merged in event-time order
+# from its first event: the join tells the state step how many devices the car has, so it waits for every
+# partition until it has heard from all of them (see enrich.pipeline.state).
+@pytest.mark.parametrize("devices_per_car", [1, pytest.param(2, id="2-devices-per-car")])
 def test_two_hosts_give_the_output_of_one_process(
     two_hosts: tuple[Lab, PrivateStack], tmp_path: Path, devices_per_car: int
 ) -> None:

@@ -40,9 +40,7 @@ def produce(settings: Settings, messages: list[tuple[bytes, bytes | None, str]])
 
 
 def store_of(settings: Settings) -> RedisSnapshotStore:
-    return RedisSnapshotStore(
-        redis.Redis.from_url(settings.redis_url), DEFAULT_TABLES, prefix=settings.snapshot_prefix
-    )
+    return RedisSnapshotStore.from_settings(settings, redis.Redis.from_url(settings.redis_url))
 
 
 def snapshot_rows(settings: Settings) -> dict[str, dict[str, dict[str, Any]]]:
@@ -95,10 +93,10 @@ def test_flow_builds_the_snapshot_both_formats(settings: Settings, tmp_path: Pat
 
     # Looking a device up returns the merged device + car + active reservation.
     some_device = next(iter(wl.truth["deviceinfo"].values()))
-    merged = store_of(settings).lookup("deviceinfo", [str(some_device["device_id"])])
-    record = merged[str(some_device["device_id"])]
-    assert record.get("deviceinfo") == some_device
-    assert record.get("carinfo") == wl.truth["carinfo"].get(str(some_device["car_id"]))
+    merged = store_of(settings).lookup([str(some_device["device_id"])])
+    record = merged[str(some_device["device_id"])].latest
+    assert record.get("device") == some_device
+    assert record.get("car") == wl.truth["carinfo"].get(str(some_device["car_id"]))
 
 
 def test_flow_keeps_running_after_bad_input_and_publishes_changes(settings: Settings, tmp_path: Path) -> None:
@@ -113,10 +111,10 @@ def test_flow_keeps_running_after_bad_input_and_publishes_changes(settings: Sett
             tmp_path / "flow.log"
         ).read_text()
         assert proc.poll() is None  # still running
-        # The change feed carries table, key and position for cache invalidation.
+        # The change feed carries table, key (and the car a device or child points at) for invalidation.
         entries: list[tuple[bytes, dict[bytes, bytes]]] = client.xrange(f"{settings.snapshot_prefix}changes")  # type: ignore[assignment]
         lines = [line for _id, fields in entries for line in fields[b"c"].decode().split("\n")]
-        assert any(line.startswith("carinfo\t5\tL") for line in lines)
+        assert "carinfo\t5\t" in lines
         # A later update arrives while the flow runs.
         produce(
             settings,

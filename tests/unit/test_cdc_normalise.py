@@ -11,7 +11,7 @@ import pytest
 
 from enrich.cdc import CdcError, Change, Skipped, normalise, normalise_batch
 from enrich.records import Record
-from enrich.tables import DEFAULT_TABLES, load_tables, parse_tables
+from enrich.tables import DEFAULT_TABLES, TableConfigError, load_model, load_tables, parse_model, parse_tables
 from simulator.cdc import CdcEncoder
 from tests.test_schemas import Target
 
@@ -156,6 +156,7 @@ def test_tables_are_configuration(tmp_path: Path) -> None:
         "tables:\n"
         "  fleet_car: {primary_key: id}\n"
         "  sensor: {primary_key: serial, foreign_keys: {car: fleet_car}}\n"
+        "join: {device: sensor, car: fleet_car}\n"
     )
     tables = load_tables(cfg)
     ch = normalise(orjson.dumps({"op": "c", "source": {"table": "sensor", "lsn": 3},
@@ -165,3 +166,39 @@ def test_tables_are_configuration(tmp_path: Path) -> None:
         normalise(orjson.dumps({"op": "c", "source": {"table": "carinfo", "lsn": 3}, "after": {}}), tables)
     with pytest.raises(Exception, match="unknown table"):
         parse_tables({"tables": {"a": {"primary_key": "id", "foreign_keys": {"b_id": "b"}}}})
+    model = load_model(cfg)
+    assert (model.device, model.car, model.car_key, model.children) == ("sensor", "fleet_car", "car", ())
+
+
+@pytest.mark.parametrize(
+    ("join", "field"),
+    [
+        ({"device": "nope", "car": "car"}, "join.device"),
+        ({"device": "dev", "car": "dev"}, "join.car"),
+        ({"device": "dev", "car": "car", "children": {"signals": {"table": "res"}}}, "join.children.signals"),
+        ({"device": "dev", "car": "car", "children": {"res": {"table": "res", "via": "x"}}},
+         "join.children.res.via"),
+        ({"device": "dev", "car": "car", "children": {"res": {"table": "res", "choose": {"by": "status"}}}},
+         "join.children.res.choose.values"),
+        ({"device": "dev", "car": "car", "children": {"res": {"table": "res", "choose": {"by": "soon"}}}},
+         "join.children.res.choose.by"),
+    ],
+)  # fmt: skip
+def test_join_model_errors_name_the_field(join: dict[str, object], field: str) -> None:
+    doc = {
+        "tables": {
+            "car": {"primary_key": "id"},
+            "dev": {"primary_key": "id", "foreign_keys": {"car_id": "car"}},
+            "res": {"primary_key": "id", "foreign_keys": {"car_id": "car"}},
+        },
+        "join": join,
+    }
+    with pytest.raises(TableConfigError) as info:
+        parse_model(doc)
+    assert info.value.field_path == field
+
+
+def test_the_old_active_pointer_points_to_the_join_model() -> None:
+    doc = {"tables": {"r": {"primary_key": "id", "active": {"column": "s", "values": ["A"], "per": "c"}}}}
+    with pytest.raises(TableConfigError, match=r"join\.children"):
+        parse_tables(doc)

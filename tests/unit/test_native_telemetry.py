@@ -30,10 +30,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from enrich import telemetry
+from enrich.asof import Merged
 from enrich.errors import DecodeError
-from enrich.pipeline.encode import encode, enriched_event, fragment, tail
-from enrich.pipeline.roles import DEFAULT_ROLES
-from enrich.snapshot import Merged
+from enrich.pipeline.encode import encode, enriched_event, fragment
+from enrich.tables import DEFAULT_MODEL
 from simulator.model import Fleet, car_values, encode_signals
 
 Decode = Callable[[bytes | None, int], telemetry.Telemetry]
@@ -109,24 +109,22 @@ def test_simulator_payloads_decode_alike(native: Decode) -> None:
 
 def test_enriched_event_with_spliced_signals_is_byte_identical(native: Decode) -> None:
     rows: dict[str, dict[str, Any] | None] = {
-        "deviceinfo": {"device_id": "dev-000001", "car_id": 1000},
-        "carinfo": {"car_id": 1000},
+        "device": {"device_id": "dev-000001", "car_id": 1000},
+        "car": {"car_id": 1000},
         "reservation": None,
     }
-    merged = Merged(rows, {"deviceinfo": "L1", "carinfo": None, "reservation": None})
+    merged = Merged(rows, {"device": "L1", "car": None, "reservation": None}, devices=1)
     for value in simulator_corpus(cars=20, times=10):
         tel_native = native(value, LIMIT)
         tel_py = telemetry.decode_telemetry_py(value)
         assert tel_native.signals_json is not None and tel_py.signals_json is None
         for m in (merged, None):
-            frag, end = fragment(m, DEFAULT_ROLES), tail(1, 99)
-            spliced = encode(tel_native, "e:1", frag, end)
-            assert spliced == encode(tel_py, "e:1", frag, end)  # the Python path encodes the signals
-            assert encode(tel_py, "e:1", frag, end, tel_native.signals_json) == spliced
-        doc = enriched_event(tel_native, merged, DEFAULT_ROLES, attempts=0, now_ms=5)
-        assert orjson.dumps(doc) == encode(
-            tel_native, doc["event_id"], fragment(merged, DEFAULT_ROLES), tail(0, 5)
-        )
+            frag = fragment(m, DEFAULT_MODEL)
+            for eid, ingested in (("e:1", 99), (None, None)):
+                spliced = encode(tel_native, eid, frag, ingested)
+                assert spliced == encode(tel_py, eid, frag, ingested)  # the Python path encodes the signals
+        doc = enriched_event(tel_native, merged, DEFAULT_MODEL, ingested_at=5)
+        assert orjson.dumps(doc) == encode(tel_native, doc["event_id"], fragment(merged, DEFAULT_MODEL), 5)
 
 
 # --- hand-written cases: every rule and error path ------------------------------------------------------

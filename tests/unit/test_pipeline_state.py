@@ -8,14 +8,15 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 import orjson
+import pytest
 
+from enrich.asof import BEGINNING, Merged, Timeline
 from enrich.pipeline.join import CarEvents
 from enrich.pipeline.state import BucketInput, StateCore, StateOut, public_bytes
 from enrich.pipeline.timers import Timers
 from enrich.pipeline.watermark import Watermark
 from enrich.rules.engine import RuleEngine
 from enrich.rules.model import load_rules
-from enrich.snapshot import Merged
 from enrich.telemetry import Telemetry
 
 T0 = 1_790_000_000_000
@@ -40,9 +41,9 @@ class Devices:
     def __init__(self, **cars: int) -> None:
         self.cars = dict(cars)
 
-    def __call__(self, device_ids: Collection[str]) -> Mapping[str, Merged | None]:
+    def __call__(self, device_ids: Collection[str]) -> Mapping[str, Timeline | None]:
         return {
-            d: Merged({"deviceinfo": {"device_id": d, "car_id": self.cars[d]}}, {})
+            d: Timeline([BEGINNING], [Merged({"device": {"device_id": d, "car_id": self.cars[d]}}, {}, 1)])
             if d in self.cars
             else None
             for d in device_ids
@@ -50,14 +51,17 @@ class Devices:
 
 
 def feed(
-    core: StateCore, partition: str, events: list[tuple[int, Telemetry]], *, idle: bool = False
+    core: StateCore,
+    partition: str,
+    events: list[tuple[int, Telemetry]],
+    *,
+    idle: bool = False,
+    devices: int = 0,
 ) -> StateOut:
     cars: dict[int, CarEvents] = {}
     for car, tel in events:
-        ce = cars.setdefault(car, CarEvents([]))
-        ce.events.append(tel)
-        if tel.ts >= ce.newest:
-            ce.newest, ce.car = tel.ts, {**CAR_ROW, "car_id": car}
+        ce = cars.setdefault(car, CarEvents([], devices=devices))
+        ce.add(tel, ({**CAR_ROW, "car_id": car}, {"reservation": None}))
     progress = max((t.ts for _c, t in events), default=0)
     return core.process(BucketInput(cars, partition, progress, idle), 0)
 
@@ -300,3 +304,26 @@ def test_the_end_of_what_kafka_holds_folds_held_events_without_firing_deadlines(
     assert orjson.loads(public_bytes(end.states[1]))["signals"][LIGHTS]["ts"] == T0 + 90_000
     assert outliers(end) == [("headlights-left-on", "firing", T0 + 10_000, None)]  # at an event, not a timer
     assert not core.cars[1].held and not core.watermark.idle
+
+
+@pytest.mark.parametrize("first", ["p0", "p1"])
+def test_a_car_with_two_devices_is_in_event_time_order_from_its_first_event(first: str) -> None:
+    """The join says the car has two devices: its first events wait for both partitions, so the arrival
+    order of the partitions changes nothing (the incident starts at the first lights-on reading)."""
+    core = StateCore(engine("headlights-left-on"), Devices(a=1, b=1), partitions=["p0", "p1"])
+    batches = {
+        "p0": [(1, Telemetry("a", T0 + 100_000, 2, parked(True)))],
+        "p1": [(1, Telemetry("b", T0 + 10_000, 1, parked(True)))],
+    }
+    second = "p1" if first == "p0" else "p0"
+    out = feed(core, first, batches[first], devices=2)
+    assert out.states == {} and core.cars[1].held  # the other device has not been heard from
+    outs = [out, feed(core, second, batches[second], devices=2), core.finish(0)]
+    assert outliers(outs) == [("headlights-left-on", "firing", T0 + 10_000, None)]
+
+
+def test_the_watermark_waits_for_every_required_partition() -> None:
+    wm = Watermark(required=frozenset({"a", "b"}))
+    assert wm.observe("a", 100, False) is None  # b has not reported: no event time yet
+    assert wm.observe("b", 0, True) == 100  # b is idle: a alone holds it
+    assert wm.observe("a", 300, False) == 300

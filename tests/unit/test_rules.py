@@ -19,7 +19,9 @@ DOOR = "Vehicle.Cabin.Door.Row1.DriverSide.IsOpen"
 
 def facts(values: dict[str, Any], ts: int, car: dict[str, Any] | None = None, **kw: Any) -> VehicleFacts:
     car = car if car is not None else {"car_id": 7, "fleet": "busan"}
-    return VehicleFacts(7, values, last_seen=ts, device_seen={"d7": ts}, car=car, reservation=None, **kw)
+    return VehicleFacts(
+        7, values, last_seen=ts, device_seen={"d7": ts}, car=car, children={"reservation": None}, **kw
+    )
 
 
 def test_expressions_compile_safely_and_treat_missing_as_false() -> None:
@@ -117,10 +119,25 @@ def test_snapshot_attributes_and_reservation() -> None:
     engine = RuleEngine(parse_rules(text))
     f = facts({"Vehicle.Speed": 5}, 1)
     assert engine.evaluate(f, 1) == []
-    f.reservation = {"reservation_id": 1, "customer_email": "a@example.com"}
+    f.children["reservation"] = {"reservation_id": 1, "customer_email": "a@example.com"}
     out = engine.evaluate(f, 2)
     assert out[0]["snapshot"]["reservation"]["customer_email"] == "a@example.com"
     assert out[0]["labels"]["fleet"] == "busan" and out[0]["labels"]["alertname"] == "busan-rental"
+
+
+def test_attribute_names_come_from_the_join_model() -> None:
+    """``<role>.*`` reads the child row of that role; a role the model lacks is an error naming the rule."""
+    text = "- id: uninsured\n  when: booking.active and insurance.coverage != 'full'\n"
+    with pytest.raises(RuleError, match=r"unknown name 'booking\.active'"):
+        parse_rules(text)  # the default model has no booking role
+    engine = RuleEngine(parse_rules(text, roles=("car", "booking", "insurance")))
+    f = facts({}, 1)
+    f.children = {"booking": {"booking_ref": "b1"}, "insurance": {"coverage": "basic"}}
+    out = engine.evaluate(f, 1)
+    assert [e["rule_id"] for e in out] == ["uninsured"]
+    assert out[0]["snapshot"]["booking"] == {"booking_ref": "b1"}
+    f.children = {"booking": {"booking_ref": "b1"}, "insurance": {"coverage": "full"}}
+    assert [e["status"] for e in engine.evaluate(f, 2)] == ["resolved"]
 
 
 def test_default_pack_cost_is_reported_not_asserted() -> None:

@@ -133,3 +133,40 @@ def test_rules_replay_of_the_simulated_fleet_matches_the_ground_truth(sim: Simul
             if o["car_id"] == inj.car_id and o["rule_id"] == rule_of[inj.scenario]
         ]
         assert got == (["firing", "resolved"] if inj.expect_alert else []), (inj.scenario, inj.variant, got)
+
+
+def test_rows_take_the_shape_of_the_join_model() -> None:
+    from simulator.shape import Shape
+    from tests.tables_alt import alt_model
+
+    shape = Shape(alt_model())
+    assert shape.car({"car_id": 7, "fleet": "x"}) == {"vehicle_no": 7, "fleet": "x"}
+    assert shape.device({"device_id": "d", "car_id": 7, "kind": "k"}) == {
+        "imei": "d",
+        "vehicle_no": 7,
+        "kind": "k",
+    }
+    table, row = shape.reservation(
+        {
+            "reservation_id": 3,
+            "car_id": 7,
+            "status": "ACTIVE",
+            "starts_at": 10,
+            "ends_at": None,
+            "customer_email": "a@x",
+        }
+    )  # type: ignore[misc]
+    assert table == "bookings" and "status" not in row  # an interval-chosen table has no status column
+    assert row == {
+        "booking_ref": 3,
+        "vehicle_no": 7,
+        "starts_at": 10,
+        "ends_at": None,
+        "customer_email": "a@x",
+    }
+    assert shape.extra_rows(7, 100) == [
+        (
+            "insurance_policies",
+            {"policy_no": "insurance-7", "vehicle_no": 7, "coverage": "full", "issued_at": 100},
+        )
+    ]

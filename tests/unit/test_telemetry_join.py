@@ -7,14 +7,14 @@ from pathlib import Path
 import orjson
 import pytest
 
+from enrich.asof import Merged
 from enrich.errors import DecodeError
-from enrich.pipeline.encode import enriched_event, join_status
+from enrich.pipeline.encode import enriched_event, fragment
 from enrich.pipeline.join import CarEvents
-from enrich.pipeline.roles import DEFAULT_ROLES as ROLES
 from enrich.pipeline.state import BucketInput, StateCore, fold_documents, public_bytes
 from enrich.records import Record
 from enrich.rules.engine import RuleEngine
-from enrich.snapshot import Merged
+from enrich.tables import DEFAULT_MODEL as MODEL
 from enrich.telemetry import decode_telemetry
 from stores.parquet_history import HistoryWriter, Intervals, read_history
 
@@ -58,22 +58,24 @@ def test_bad_telemetry_names_the_field(value: bytes, field_path: str | None) -> 
 
 def merged(device: bool = True, car: bool = True) -> Merged:
     rows = {
-        "deviceinfo": {"device_id": "d1", "car_id": 7} if device else None,
-        "carinfo": {"car_id": 7, "status": "ACTIVE"} if car and device else None,
+        "device": {"device_id": "d1", "car_id": 7} if device else None,
+        "car": {"car_id": 7, "status": "ACTIVE"} if car and device else None,
         "reservation": None,
     }
-    return Merged(rows, {"deviceinfo": "L1" if device else None, "carinfo": None, "reservation": None})
+    return Merged(rows, {"device": "L1" if device else None, "car": None, "reservation": None}, 1)
 
 
 def test_join_status_and_enriched_event() -> None:
     tel = decode_telemetry(msg({"Vehicle.Speed": 1}))
-    assert join_status(merged(), ROLES) == "ok"
-    assert join_status(merged(car=False), ROLES) == "partial"
-    assert join_status(merged(device=False), ROLES) == "missing" and join_status(None, ROLES) == "missing"
-    event = enriched_event(tel, merged(), ROLES, attempts=2, now_ms=5)
-    assert event["event_id"] == "d1:3" and event["car_id"] == 7
-    assert event["enrichment"] == {"status": "ok", "snapshot_position": "L1", "attempts": 2}
-    assert enriched_event(tel, None, ROLES, attempts=0, now_ms=5)["car_id"] is None
+    assert fragment(merged(), MODEL).status == "ok"
+    assert fragment(merged(car=False), MODEL).status == "partial"
+    assert fragment(merged(device=False), MODEL).status == "missing"
+    assert fragment(None, MODEL).status == "missing"
+    event = enriched_event(tel, merged(), MODEL, ingested_at=5)
+    assert event["event_id"] == "d1:3" and event["car_id"] == 7 and event["ingested_at"] == 5
+    assert event["enrichment"] == {"status": "ok", "snapshot_position": "L1"}
+    assert list(event)[6:] == ["car", "device", "reservation", "enrichment", "ingested_at"]
+    assert enriched_event(tel, None, MODEL, ingested_at=None)["car_id"] is None
 
 
 def test_state_merge_keeps_the_newest_value_per_signal_in_any_order() -> None:
@@ -89,7 +91,7 @@ def test_state_merge_keeps_the_newest_value_per_signal_in_any_order() -> None:
         core = StateCore(RuleEngine([]))
         doc: dict[str, object] = {}
         for e in order:  # one batch per event: the worst case for ordering
-            out = core.process(BucketInput({7: CarEvents([e], None, None, e.ts)}, "", 0), 1)  # type: ignore[list-item, attr-defined]
+            out = core.process(BucketInput({7: CarEvents([e], (None, {}), None, 0, e.ts)}, "", 0), 1)  # type: ignore[list-item, attr-defined]
             doc = orjson.loads(public_bytes(out.states[7]))
         return doc
 
@@ -110,8 +112,8 @@ def test_intervals_and_history_replays_do_not_duplicate(tmp_path: Path) -> None:
     assert list(zip(iv.starts, iv.ends, strict=True)) == [(3, 3), (5, 11)]
     writer = HistoryWriter(tmp_path)
     rows = [Record("telemetry", 0, o, b"k", b"v%d" % o, 1_700_000_000_000) for o in range(100, 110)]
-    writer.write("telemetry", 0, rows[:6], [])
+    writer.write("telemetry", 0, rows[:6], None)
     # A replay from offset 103 after a restart (a fresh writer reads what is on disk).
-    HistoryWriter(tmp_path).write("telemetry", 0, rows[3:], [])
+    HistoryWriter(tmp_path).write("telemetry", 0, rows[3:], None)
     table = read_history(tmp_path, "raw")
     assert sorted(table.column("offset").to_pylist()) == list(range(100, 110))
