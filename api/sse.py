@@ -244,9 +244,14 @@ class Broker:
             changes = await self.reader.changes(after, count=100)
             if not changes:
                 return
+            # the registry and the documents once per read, as the live dispatch does (a replay of
+            # thousands of entries must not cost two round trips each)
+            classes = await self.reader.classes()
+            wanted: set[int] = set()
             for change in changes:
-                classes = await self.reader.classes()
-                docs = await self._docs_for([interest], change, classes)
+                wanted |= self._wanted([interest], change, classes)
+            docs = await self.reader.docs(sorted(wanted))
+            for change in changes:
                 text = await self.render(interest, change, docs, classes, skip if change.id == eid else -1)
                 after = change.id
                 sent += 1

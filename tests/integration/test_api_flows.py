@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -192,15 +191,26 @@ def check_states_and_filters(base: str, ops: str, beta: str, s: Settings) -> Non
 
 
 def check_resume(base: str, ops: str, first: SseReader, s: Settings) -> None:
-    """Reconnect with the id of an event in the middle: get exactly the events after it."""
+    """Reconnect with the id of an event in the middle of what the stream still retains: get exactly the
+    events after it."""
+    import redis
+
+    from stores.vehicles.layout import Keys
+    from stores.vehicles.model import stream_id_after
+
     events = list(first.events)
     states = [e for e in events if e[1] == "state"]
     assert states and all("car_id" in d and "signals" in d for _i, _k, d in states)
-    mid = len(events) // 2
+    oldest: Any = redis.Redis.from_url(s.redis_url).xrange(Keys.of(s.state_prefix).changes, count=1)
+    assert oldest
+    first_kept = oldest[0][0].decode()
+    retained = [i for i, e in enumerate(events) if not stream_id_after(first_kept, e[0].partition(".")[0])]
+    assert retained, "the stream trimmed every event the first reader saw"
+    mid = retained[len(retained) // 2]
     resume = SseReader(f"{base}/v1/events", ops, last_event_id=events[mid][0])
     resume.start()
     expected = [(i, k) for i, k, _d in events[mid + 1 :]]
-    assert wait_until(lambda: len(resume.events) >= len(expected), timeout=30)
+    got = wait_until(lambda: len(resume.events) >= len(expected), timeout=60)
     resume.stop.set()
+    assert got, (len(resume.events), len(expected), resume.status, resume.events[:1] and resume.events[0][:2])
     assert [(i, k) for i, k, _d in resume.events[: len(expected)]] == expected
-    time.sleep(0)  # nothing else to wait for
