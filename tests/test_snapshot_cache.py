@@ -14,6 +14,7 @@ from enrich.cdc import Change
 from enrich.tables import DEFAULT_MODEL
 from stores.redis_snapshot import RedisSnapshotStore
 from stores.snapshot_cache import CachedSnapshot
+from tests.conftest import sync_client
 
 pytestmark = pytest.mark.integration
 T0 = 1_700_000_000_000
@@ -24,7 +25,7 @@ def store(request: pytest.FixtureRequest) -> Iterator[RedisSnapshotStore]:
     if request.param == "redis":
         client: Any = redis.Redis.from_url(request.getfixturevalue("redis_url"))
     else:
-        client = redis.RedisCluster.from_url(request.getfixturevalue("redis_cluster_url"))
+        client = sync_client(request.getfixturevalue("redis_cluster_url"))
     prefix = f"test:{uuid.uuid4().hex[:8]}:snap:"
     yield RedisSnapshotStore(client, DEFAULT_MODEL, prefix=prefix)
     for key in list(client.scan_iter(match=f"{prefix}*", count=1000)):

@@ -13,6 +13,7 @@ import pytest
 from enrich.cdc import Change
 from enrich.snapshot import InMemorySnapshotStore, SnapshotStore
 from enrich.tables import DEFAULT_MODEL, JoinModel
+from tests.conftest import sync_client
 from tests.tables_alt import alt_model
 
 T0 = 1_700_000_000_000
@@ -53,7 +54,7 @@ def make_store(request: pytest.FixtureRequest, model: JoinModel, **kw: Any) -> I
     if kind == "redis":
         client: Any = redis.Redis.from_url(request.getfixturevalue("redis_url"))
     else:
-        client = redis.RedisCluster.from_url(request.getfixturevalue("redis_cluster_url"))
+        client = sync_client(request.getfixturevalue("redis_cluster_url"))
     prefix = f"test:{uuid.uuid4().hex[:8]}:snap:"
     yield RedisSnapshotStore(client, model, prefix=prefix, tombstone_ttl_s=60, chunk=7, **kw)
     keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
