@@ -14,9 +14,11 @@ Invariants:
   below) — nothing is dropped silently;
 * a record whose device or car is not in the snapshot yet waits (``pending``, part of the recovery state)
   and is retried on every later batch and timer, for at most ``max_wait_ms`` of processing time and at
-  most ``max_pending`` records; then it is emitted with ``enrichment.status`` = ``missing``/``partial``.
-  Later events of a waiting device wait behind it, so a device's events leave in order. How often an
-  event was retried travels beside it (``attempts``, a Kafka header), not in its bytes;
+  most ``max_pending`` records (time a lookup spent blocked on an unreachable store does not count:
+  after a Redis outage the snapshot flow gets the whole ``max_wait_ms`` to catch up); then it is emitted
+  with ``enrichment.status`` = ``missing``/``partial``. Later events of a waiting device wait behind it,
+  so a device's events leave in order. How often an event was retried travels beside it (``attempts``, a
+  Kafka header), not in its bytes;
 * an event stamped more than ``max_future_skew_ms`` ahead of the wall clock (a device with a wrong clock),
   or older than ``max_age_ms`` (when set), is dead-lettered with reason ``future_timestamp`` / ``too_old``:
   it never reaches the state, the watermark or a timer;
@@ -27,7 +29,7 @@ Invariants:
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -38,6 +40,8 @@ from enrich.pipeline.encode import Attrs, Fragment, encode, fragment
 from enrich.records import EnrichedColumns, Record
 from enrich.tables import DEFAULT_MODEL, JoinModel
 from enrich.telemetry import DEFAULT_MAX_BYTES, Telemetry, decode_telemetry
+
+STALL_MS = 250  # a lookup this slow was waiting for an unreachable store, not doing a round trip
 
 
 class Lookup(Protocol):
@@ -144,9 +148,16 @@ class JoinTimes:
 
 class JoinCore:
     def __init__(
-        self, lookup: Lookup, config: JoinConfig | None = None, state: JoinState | None = None
+        self,
+        lookup: Lookup,
+        config: JoinConfig | None = None,
+        state: JoinState | None = None,
+        *,
+        wall: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``wall``: seconds of a monotonic clock, to measure how long a lookup was blocked."""
         self.lookup = lookup
+        self.wall = wall
         self.config = config or JoinConfig()
         self.state = state or JoinState()
         self.times = JoinTimes()
@@ -204,7 +215,15 @@ class JoinCore:
             return out
         wanted = {tel.device_id for _, tel in decoded}
         wanted.update(p.tel.device_id for p in pending)
+        waited = self.wall()
         merged = self.lookup(wanted)
+        # wall time the lookup was blocked (a store outage) does not count against an event's wait; an
+        # ordinary round trip does (else back-to-back lookups would keep a miss waiting for ever)
+        stalled = int((self.wall() - waited) * 1000)
+        if stalled >= STALL_MS:
+            now_ms += stalled
+            for p in pending:
+                p.first_seen_ms += stalled
         t2 = clock()
         times.lookup += t2 - t1
         model = cfg.model

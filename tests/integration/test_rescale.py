@@ -19,7 +19,7 @@ import pytest
 from confluent_kafka import Message, Producer
 
 from enrich.settings import Settings
-from flows.recovery import partition_files, share
+from flows.recovery import RecoveryLayoutError, partition_files, share
 from simulator.run import SimConfig, Simulation
 from simulator.scenarios import ScenarioName
 from stack.procs import free_port, wait_until
@@ -127,6 +127,15 @@ def test_two_to_four_to_two_processes_keep_the_state_and_lose_nothing(
     for i in (0, 1):
         assert procs[i].wait(timeout=60) == 2
         assert "enrich flow recovery rescale --processes 4" in (tmp_path / f"unmoved-{i}.log").read_text()
+
+    # (processes 2 and 3 may start after 0 and 1 refused: the files they make are polled for, not assumed)
+    def made() -> bool:
+        try:
+            return all(partition_files(d) for d in dirs[2:])
+        except RecoveryLayoutError:  # a file being created
+            return False
+
+    assert wait_until(made, 60, interval=0.2), "no fresh copies"
     for proc in procs[2:]:
         proc.kill()
         proc.wait()

@@ -104,6 +104,31 @@ def test_missing_rows_wait_then_join_or_leave_as_missing() -> None:
     assert third.keys == [b"ghost"]  # no car: keyed by device
 
 
+def test_time_blocked_on_an_unreachable_store_does_not_count_against_the_wait() -> None:
+    """A store outage blocks the lookup (the flow's client retries until Redis is back): when it returns,
+    the rows the snapshot flow could not write meanwhile still get the whole ``max_wait_ms``."""
+    snap = Snap()
+    clock = {"now": 0.0, "outage": 0.0}
+
+    def blocking(device_ids: Collection[str]) -> Mapping[str, Timeline | None]:
+        clock["now"] += clock["outage"]  # the lookup returns when the store is back
+        return snap(device_ids)
+
+    core = JoinCore(blocking, JoinConfig(max_wait_ms=1000), wall=lambda: clock["now"])
+    assert core.process([rec(0, "new", 1)], NOW).pending == 1
+    clock["outage"] = 0.4  # blocked 400 ms: a later batch at NOW + 900 really looks at NOW + 1300
+    second = core.process([rec(1, "new", 2)], NOW + 900)
+    assert second.bodies == [] and second.pending == 2  # not expired: 900 ms of waiting counted, not 1300
+    clock["outage"] = 0.0
+    snap.car(3, "new")
+    third = core.process([], NOW + 1000)
+    assert [(d["seq"], d["enrichment"]["status"]) for d in docs(third)] == [(1, "ok"), (2, "ok")]
+    # an ordinary round trip counts: without an outage the same wait expires
+    core2 = JoinCore(snap, JoinConfig(max_wait_ms=1000))
+    core2.process([rec(0, "gone", 1)], NOW)
+    assert [d["enrichment"]["status"] for d in docs(core2.process([], NOW + 1000))] == ["missing"]
+
+
 def test_a_partial_record_and_the_pending_bound() -> None:
     snap = Snap()
     snap.put("deviceinfo", "d9", {"device_id": "d9", "car_id": 9})  # its car is not in the snapshot
