@@ -200,7 +200,9 @@ def run(private_stack: PrivateStack, tmp_path_factory: pytest.TempPathFactory) -
     tmp = tmp_path_factory.mktemp("pipeline-faults")
     s = private_stack.settings(tmp)
     hook, mailbox = FlakyHook(fail_first=3), Mailbox()
-    env = flow_env(s, ENRICH_ALERTS_CONFIG=str(alerts_config(tmp / "alerts.yaml", hook.url)),
+    # a device swapped in during the broker outage waits for the snapshot flow to read its CDC again
+    env = flow_env(s, ENRICH_JOIN_MAX_WAIT_MS="15000",
+                   ENRICH_ALERTS_CONFIG=str(alerts_config(tmp / "alerts.yaml", hook.url)),
                    ENRICH_SMTP_HOST="127.0.0.1", ENRICH_SMTP_PORT=str(mailbox.port))  # fmt: skip
     duration = EVENTS / RATE
     sim = Simulation(SimConfig(vehicles=VEHICLES, rate=RATE, duration=duration, scenarios=list(SCENARIOS),
