@@ -42,6 +42,7 @@ class SimConfig:
     incidents_per_scenario: int | None = None  # None = vehicles // 500, at least 1
     cdc_rate: float | None = None  # CDC changes per second; None = rate / 2000, at least 0.5
     ground_truth: Path = Path("ground-truth.json")
+    linger_ms: float = 10.0  # the producer's batching (a latency measurement uses what devices would)
 
 
 @dataclass(slots=True)
@@ -103,7 +104,8 @@ class Simulation:
     def _producer(self) -> KafkaWriter:
         s = self.settings
         return KafkaWriter(s.kafka_bootstrap, s.topic_telemetry, stage="simulator.produce",
-                           max_message_bytes=s.kafka_max_message_bytes, config={"linger.ms": 10})  # fmt: skip
+                           max_message_bytes=s.kafka_max_message_bytes,
+                           config={"linger.ms": self.config.linger_ms})  # fmt: skip
 
     def _cdc(self, producer: KafkaWriter, table: str, op: Any, row: dict[str, Any], commit_ms: int) -> None:
         for key, value in self.cdc.encode(table, op, row, commit_ms):
