@@ -14,6 +14,7 @@ rest cost.
 from __future__ import annotations
 
 import argparse
+import gc
 import tempfile
 import time
 import uuid
@@ -129,6 +130,10 @@ def budget(s: Settings, records: list[Record] | None = None) -> dict[str, float]
                 written.append(cores[b].process(inp, now).states)
         return time.process_time() - start, written, sum(c.encode_s for c in cores)
 
+    # the flow's garbage-collector settings (flows/runner.py), so the stages cost what they cost there
+    gc.set_threshold(200_000, 50, 1000)
+    gc.collect()
+    gc.freeze()
     fold_s, states, encode_doc_s = fold(RuleEngine([]))
     rules_s, _, _ = fold(RuleEngine(load_rules(None)))
     with tempfile.TemporaryDirectory() as tmp:
