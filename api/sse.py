@@ -150,23 +150,23 @@ class Broker:
                     wanted.add(car)
         return wanted
 
-    async def _docs_for(
-        self, interests: list[Interest], change: Change, classes: dict[str, Tags]
-    ) -> dict[int, bytes]:
-        return await self.reader.docs(sorted(self._wanted(interests, change, classes)))
-
-    async def _dispatch(self, changes: list[Change]) -> None:
-        """Hand the entries of one read to every group. The class registry and the documents are fetched
-        once for all the entries of the read (two round trips, however many entries: a busy flow writes
-        many small entries, and a round trip per entry let a loaded API fall seconds behind); each car's
-        document is its newest."""
-        groups = list(self.groups.items())
+    async def _fetch(
+        self, interests: list[Interest], changes: list[Change]
+    ) -> tuple[dict[str, Tags], dict[int, bytes]]:
+        """The class registry and the documents any of ``interests`` wants from the entries of one read,
+        fetched once for all of them (two round trips, however many entries: a busy flow writes many small
+        entries, and a round trip per entry let a loaded API fall seconds behind); each car's document is
+        its newest."""
         classes = await self.reader.classes()  # a new class is seen at once (registry size)
-        interests = [i for i, _ in groups]
         wanted: set[int] = set()
         for change in changes:
             wanted |= self._wanted(interests, change, classes)
-        docs = await self.reader.docs(sorted(wanted))
+        return classes, await self.reader.docs(sorted(wanted))
+
+    async def _dispatch(self, changes: list[Change]) -> None:
+        """Hand the entries of one read to every group (``_fetch``: two round trips per read)."""
+        groups = list(self.groups.items())
+        classes, docs = await self._fetch([i for i, _ in groups], changes)
         for change in changes:
             for interest, clients in groups:
                 text = await self.render(interest, change, docs, classes)
@@ -244,13 +244,7 @@ class Broker:
             changes = await self.reader.changes(after, count=100)
             if not changes:
                 return
-            # the registry and the documents once per read, as the live dispatch does (a replay of
-            # thousands of entries must not cost two round trips each)
-            classes = await self.reader.classes()
-            wanted: set[int] = set()
-            for change in changes:
-                wanted |= self._wanted([interest], change, classes)
-            docs = await self.reader.docs(sorted(wanted))
+            classes, docs = await self._fetch([interest], changes)  # once per read, as the live dispatch
             for change in changes:
                 text = await self.render(interest, change, docs, classes, skip if change.id == eid else -1)
                 after = change.id
