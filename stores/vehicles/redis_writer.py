@@ -271,14 +271,7 @@ class RedisVehicleWriter:
             pipe = self.client.pipeline(transaction=True)
             if docs:
                 pipe.mset(docs)
-                pipe.zadd(k.seen, seen)
-            if geo_add:
-                pipe.geoadd(k.geo, geo_add)
-            if geo_del:
-                pipe.zrem(k.geo, *geo_del)
-            for cid, tags_json in classes.items():
-                pipe.hset(k.classes, cid, tags_json)
-            changed = self._index_moves(pipe, new_meta)
+            changed = self._queue_indexes(pipe, seen, geo_add, geo_del, classes, new_meta)
             if incidents:
                 pipe.evalsha(self._script(INCIDENT_LUA), 0, self.keys.prefix, *incidents)
             if sampled:
@@ -310,15 +303,7 @@ class RedisVehicleWriter:
         for car, w in states.items():
             groups.setdefault(car % DOC_SHARDS, {})[k.car(car)] = w.body
         rec = _Recorded()
-        if seen:
-            rec.zadd(k.seen, seen)
-        if geo_add:
-            rec.geoadd(k.geo, geo_add)
-        if geo_del:
-            rec.zrem(k.geo, *geo_del)
-        for cid, tags_json in classes.items():
-            rec.hset(k.classes, cid, tags_json)
-        changed = self._index_moves(rec, new_meta)
+        changed = self._queue_indexes(rec, seen, geo_add, geo_del, classes, new_meta)
         for attempt in (1, 2):
             pipe: Any = self.client.pipeline(transaction=False)  # redis-py's ClusterPipeline
             for group in groups.values():  # (redis-py blocks mset in cluster pipelines; one slot each here)
@@ -344,6 +329,21 @@ class RedisVehicleWriter:
             fields["i"] = orjson.dumps(summaries).decode()
         self.client.xadd(k.changes, fields, maxlen=self.stream_maxlen, approximate=True)  # type: ignore[arg-type]
         return changed
+
+    def _queue_indexes(self, pipe: Any, seen: dict[str, int], geo_add: list[Any], geo_del: list[str],
+                       classes: dict[str, bytes], new_meta: dict[int, Meta]) -> list[int]:  # fmt: skip
+        """Queue the batch's last-seen scores, positions, new tag classes and index moves on ``pipe`` (a
+        MULTI pipeline, or ``_Recorded`` on a cluster); return the cars whose meta changed."""
+        k = self.keys
+        if seen:
+            pipe.zadd(k.seen, seen)
+        if geo_add:
+            pipe.geoadd(k.geo, geo_add)
+        if geo_del:
+            pipe.zrem(k.geo, *geo_del)
+        for cid, tags_json in classes.items():
+            pipe.hset(k.classes, cid, tags_json)
+        return self._index_moves(pipe, new_meta)
 
     def _index_moves(self, pipe: Any, new_meta: Mapping[int, Meta]) -> list[int]:
         """Queue the index changes of the cars whose meta changed; return those cars."""
