@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import orjson
@@ -309,15 +309,21 @@ class _Span:
             self.add(table, lo, hi)
             return
 
+    def parse(self, r: int, bad: list[int]) -> Any:
+        """Line ``r`` as JSON, or ``_UNPARSED`` after reporting it as a bad line and adding it to ``bad``."""
+        line = self.line(r)
+        try:
+            return orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            self.out.bad.append(BadLine(r, _bad_reason(line, str(exc)), str(exc)))
+            bad.append(r)
+            return _UNPARSED
+
     def blank_invalid(self, lo: int, hi: int) -> bool:
-        bad = []
+        bad: list[int] = []
         for r in self.nonblank(lo, hi):
-            line = self.line(r)
-            try:
-                doc = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                self.out.bad.append(BadLine(r, _bad_reason(line, str(exc)), str(exc)))
-                bad.append(r)
+            doc = self.parse(r, bad)
+            if doc is _UNPARSED:
                 continue
             if not isinstance(doc, dict):
                 self.out.bad.append(BadLine(r, "not_an_object", "a line must hold one JSON object"))
@@ -331,12 +337,8 @@ class _Span:
         groups: dict[str | None, list[int]] = {}
         bad: list[int] = []
         for r in self.nonblank(lo, hi):
-            line = self.line(r)
-            try:
-                doc = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                self.out.bad.append(BadLine(r, _bad_reason(line, str(exc)), str(exc)))
-                bad.append(r)
+            doc = self.parse(r, bad)
+            if doc is _UNPARSED:
                 continue
             kinds = {_kind(v) for v in _values_at(doc, parts)} - {"null"}
             if len(kinds) > 1:
@@ -461,6 +463,9 @@ def _starts(data: bytes | bytearray, out: Parsed) -> np.ndarray:
 
 def _is_syntax(msg: str) -> bool:
     return "changed from object to" in msg and "Column()" in msg
+
+
+_UNPARSED = object()  # ``_Span.parse``: the line is not JSON (``None`` is a valid document)
 
 
 def _bad_reason(line: bytes, msg: str) -> str:
