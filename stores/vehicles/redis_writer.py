@@ -194,7 +194,6 @@ class RedisVehicleWriter:
         if not states and not outliers:
             return
         k = self.keys
-        docs: dict[str, bytes] = {}
         seen: dict[str, int] = {}
         geo_add: list[Any] = []
         geo_del: list[str] = []
@@ -203,7 +202,6 @@ class RedisVehicleWriter:
         stream: list[tuple[int, int, str]] = []
         classes: dict[str, bytes] = {}
         by_row, row_fields, known_loc = self._by_row, self._fields, self._loc
-        prefix = k.prefix
         series_at, step, wanted = self._series_at, self.series.step_ms, self.series.signals
         series_on = self.series.points > 0
         sampled: list[str] = []
@@ -211,7 +209,6 @@ class RedisVehicleWriter:
         for car, w in states.items():
             doc = w.doc if w.doc is not None else orjson.loads(w.body)
             member = str(car)
-            docs[f"{prefix}car:{member}"] = w.body
             last = seen[member] = doc.get("last_seen") or 0
             if (
                 series_on
@@ -252,28 +249,29 @@ class RedisVehicleWriter:
                                          stream, summaries, sampled)  # fmt: skip
         else:
             changed = self._send(
-                docs, seen, geo_add, geo_del, classes, new_meta, incidents, stream, summaries, sampled
+                states, seen, geo_add, geo_del, classes, new_meta, incidents, stream, summaries, sampled
             )
         self._meta.update({c: new_meta[c] for c in changed})
         self._loc.update(new_loc)
         self._cids.update(classes)
         series_at.update(new_at)
 
-    def _send(self, docs: dict[str, bytes], seen: dict[str, int], geo_add: list[Any], geo_del: list[str],
-              classes: dict[str, bytes], new_meta: dict[int, Meta], incidents: list[str],
+    def _send(self, states: Mapping[int, VehicleStateWrite], seen: dict[str, int], geo_add: list[Any],
+              geo_del: list[str], classes: dict[str, bytes], new_meta: dict[int, Meta], incidents: list[str],
               stream: list[tuple[int, int, str]], summaries: list[dict[str, Any]],
               sampled: list[str]) -> list[int]:  # fmt: skip
         """One instance: the whole batch in one MULTI/EXEC, one round trip. Returns the cars whose meta
         changed."""
         k = self.keys
         changed: list[int] = []
+        docs = {k.car(car): w.body for car, w in states.items()}
         for attempt in (1, 2):
             pipe = self.client.pipeline(transaction=True)
             if docs:
                 pipe.mset(docs)
             changed = self._queue_indexes(pipe, seen, geo_add, geo_del, classes, new_meta)
             if incidents:
-                pipe.evalsha(self._script(INCIDENT_LUA), 0, self.keys.prefix, *incidents)
+                pipe.evalsha(self._script(INCIDENT_LUA), 0, k.prefix, *incidents)
             if sampled:
                 pipe.evalsha(self._script(SERIES_LUA), 0, k.prefix, self.series.points, *sampled)
             fields: dict[str, str] = {}
