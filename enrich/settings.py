@@ -105,7 +105,10 @@ class Settings(BaseSettings):
     watermark_idle_s: float = Field(
         10.0,
         gt=0,
-        description="A telemetry partition read to its end and quiet this long stops holding event time",
+        description=(
+            "A telemetry partition read to its end, with nothing appended this long (the broker says so),"
+            " stops holding event time"
+        ),
     )
 
     # Rules

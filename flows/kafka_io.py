@@ -28,6 +28,7 @@ from confluent_kafka.admin import AdminClient
 
 from connectors import kafka_writer
 from connectors.health import monitor
+from connectors.idleness import PROBE_TIMEOUT_S, IdleProbe
 from connectors.kafka_config import DEFAULT_MAX_MESSAGE_BYTES, consumer_config
 from connectors.kafka_writer import UNREACHABLE
 from connectors.progress import PROGRESS, REPORT_EVERY_S, partition_lag
@@ -39,6 +40,15 @@ log = logging.getLogger(__name__)
 IDLE_BACKOFF = timedelta(milliseconds=2)  # nothing to read: look again shortly (latency ≤ this)
 ERROR_LOG_EVERY_S = 15.0
 START_BACKOFF_MAX_S = 30.0
+OUTAGE_PROBE_EVERY_S = 2.0
+OUTAGE_PROBE_TIMEOUT_S = 0.2
+
+
+class _OutageProbe:
+    due = 0.0  # when a partition of this process may next ask the broker while Kafka is down
+
+
+_OUTAGE_PROBE = _OutageProbe()
 
 
 def wait_for_metadata(bootstrap: str, what: str, topic: str | None = None) -> Any:
@@ -85,10 +95,9 @@ class _BatchPartition(StatefulSourcePartition[Any, int]):
         self._held: list[Record] = []  # read but not emitted yet (not in the snapshot offset either)
         self._held_since = 0.0
         # With idle_after_s, items are PartitionBatch and the partition says when it is idle: read to its
-        # end with nothing new for idle_after_s (see enrich.pipeline.watermark). Without, items are lists.
-        self._idle_after_s = idle_after_s
-        self._last_record = time.monotonic()
-        self._idle_sent = False
+        # end and the broker confirms nothing was appended for idle_after_s (connectors.idleness, used by
+        # enrich.pipeline.watermark). Without, items are lists.
+        self._idle = None if idle_after_s is None else IdleProbe(idle_after_s)
         self._at_end = False
         self._last_error_log = 0.0
         self._lag_due = 0.0
@@ -112,6 +121,7 @@ class _BatchPartition(StatefulSourcePartition[Any, int]):
             raise StopIteration
         msgs: list[Message] = self._consumer.consume(self._batch_size - len(self._held), 0.001)
         batch = self._held
+        before = len(batch)
         for msg in msgs:
             err = msg.error()
             if err is not None:
@@ -126,8 +136,11 @@ class _BatchPartition(StatefulSourcePartition[Any, int]):
             offset: int = msg.offset()  # type: ignore[assignment]
             key, value = msg.key(), msg.value()
             batch.append(Record(self._topic, self._partition, offset, key, value, ts if ts_type else None))
-        if msgs and not self._health.up and len(batch) > len(self._held):
-            self._health.recovered()
+        if len(batch) > before:
+            if not self._health.up:
+                self._health.recovered()
+            if self._idle is not None:
+                self._idle.record()
         now = time.monotonic()
         if batch and not self._held_since:
             self._held_since = now
@@ -138,24 +151,43 @@ class _BatchPartition(StatefulSourcePartition[Any, int]):
             PROGRESS.records(self._topic, len(batch))
             self._held, self._held_since = [], 0.0
             self._awake = None
-            self._last_record, self._idle_sent = now, False
-            if self._idle_after_s is None:
+            if self._idle is None:
                 return [batch]
             return [PartitionBatch(self._topic, self._partition, batch, False)]
         self._held = batch
         wait = self._linger_s - (now - self._held_since) if batch else IDLE_BACKOFF.total_seconds()
         # Let bytewax serve other partitions and come back shortly instead of spinning.
         self._awake = datetime.now(UTC) + timedelta(seconds=max(wait, 0.0005))
-        if (
-            self._idle_after_s is not None
-            and not batch
-            and self._at_end
-            and not self._idle_sent
-            and now - self._last_record >= self._idle_after_s
-        ):
-            self._idle_sent = True  # once per idle period: the next record ends it
-            return [PartitionBatch(self._topic, self._partition, [], True)]
+        if self._idle is not None and not batch:
+            if not self._at_end:
+                self._idle.reset()
+            elif self._idle.poll(self._high_watermark):  # once per quiet period: the next record ends it
+                return [PartitionBatch(self._topic, self._partition, [], True)]
         return []
+
+    def _high_watermark(self) -> int | None:
+        """The partition's high watermark as the broker says it now (None: no answer).
+
+        During an outage the partitions of the process take turns (one question per
+        ``OUTAGE_PROBE_EVERY_S``, a short timeout), so waiting for answers never stalls the worker; the
+        first answer ends the outage for all of them (nothing else says so when no record arrives)."""
+        down = not self._health.up
+        if down:
+            now = time.monotonic()
+            if now < _OUTAGE_PROBE.due:
+                return None
+            _OUTAGE_PROBE.due = now + OUTAGE_PROBE_EVERY_S
+        try:
+            _low, high = self._consumer.get_watermark_offsets(
+                TopicPartition(self._topic, self._partition),
+                timeout=OUTAGE_PROBE_TIMEOUT_S if down else PROBE_TIMEOUT_S,
+                cached=False,
+            )
+        except KafkaException:
+            return None
+        if down:
+            self._health.recovered()
+        return None if high is None else int(high)
 
     def _client_error(self, err: KafkaError) -> None:
         if err.code() in UNREACHABLE:

@@ -3,11 +3,12 @@
 Each telemetry partition reports, with every batch, the newest event time it carried; the watermark is the
 oldest of those over the partitions that are not idle, so no timer fires for a time some partition has
 not reached yet. A partition is *idle* when its source says so: it has read to the end of the partition
-and nothing new arrived for ``ENRICH_WATERMARK_IDLE_S`` (the source decides, because only it knows whether
-data is waiting). An idle partition stops holding the watermark back until its next record; when every
-partition is idle, the watermark is just past the newest event time seen anywhere (everything readable
-has been read). A partition that is merely not heard from — broker down, worker paused while Redis
-restarts — is not idle and keeps holding the watermark, so an outage can never make timers fire early.
+and the broker confirmed that nothing was appended to it for ``ENRICH_WATERMARK_IDLE_S`` (the source
+decides, because only it can ask; see ``connectors.idleness``). An idle partition stops holding the
+watermark back until its next record; when every partition is idle, the watermark is just past the newest
+event time seen anywhere (everything readable has been read). A partition that is merely not heard from —
+broker down, worker paused while Redis restarts — is not idle and keeps holding the watermark, so an
+outage can never make timers fire early.
 
 Every event older than the watermark has been seen (events *at* a partition's newest time may still be on
 their way: ties are not complete), so users compare strictly: a deadline ``D`` is due when ``D <

@@ -436,7 +436,9 @@ def test_every_silence_incident_is_notified_once_per_receiver(run: Run) -> None:
 def test_no_false_incident(run: Run) -> None:
     expected = set(run.expected_incidents())
     fired = {(o["rule_id"], o["car_id"]) for o in run.outliers if o["status"] == "firing"}
-    assert fired - expected == set()
+    false = fired - expected
+    evidence = [o for o in run.outliers if (o["rule_id"], o["car_id"]) in false]
+    assert false == set(), (evidence, run.faults, run.swap)
     per_incident = defaultdict(set)
     for o in run.outliers:
         per_incident[(o["rule_id"], o["car_id"])].add(o["incident_id"])
