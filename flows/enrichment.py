@@ -175,21 +175,25 @@ class BucketLogic(StatefulLogic[BucketInput, StateOut, StateSnapshot]):
 
 
 class _OutPartition(StatefulSinkPartition[JoinBatch, None]):
-    """Enriched events and dead letters go to Kafka as they come; Parquet rows are buffered. Both are made
-    durable in ``snapshot()``, which bytewax calls at the end of every epoch before it commits the input
-    offsets — so nothing acknowledged can be lost — and, without recovery, at least every
-    ``history_flush_s``."""
+    """Enriched events and dead letters go to Kafka as they come. Parquet rows are buffered briefly and
+    appended to the history's open segments (compressed and written by its background thread) every
+    ``APPEND_ROWS`` rows or ``APPEND_S`` seconds. Both are made durable in ``snapshot()``, which bytewax
+    calls at the end of every epoch before it commits the input offsets — so nothing acknowledged can be
+    lost — and, without recovery, at least every ``history_flush_s``. The end of an epoch waits for the last
+    appended rows and the segments' footers only: no epoch-long stall on the output path."""
+
+    APPEND_ROWS = 4096
+    APPEND_S = 0.5
 
     def __init__(self, settings: Settings) -> None:
         # one writer: enriched events, and dead letters (bad input, and records the broker refuses)
         self.enriched = KafkaWriter.from_settings(settings, settings.topic_enriched, stage="enrich.produce")
         self.history = HistoryWriter(settings.history_dir or settings.state_dir / "history", background=True)
         self.flush_s = settings.history_flush_s
-        self.max_rows = 200_000
         self._raw: dict[tuple[str, int], list[object]] = {}
         self._rows: dict[tuple[str, int], EnrichedColumns] = {}
         self._buffered = 0
-        self._last_flush = time.monotonic()
+        self._last_append = self._last_commit = time.monotonic()
 
     def write_batch(self, values: list[JoinBatch]) -> None:
         n = 0
@@ -215,22 +219,32 @@ class _OutPartition(StatefulSinkPartition[JoinBatch, None]):
                 self._buffered += len(out.records) + out.history.rows
         self.enriched.poll()
         metrics.EVENTS_OUT.inc(n)
-        if self._buffered >= self.max_rows or time.monotonic() - self._last_flush >= self.flush_s:
+        now = time.monotonic()
+        if now - self._last_commit >= self.flush_s:
             self._flush(durable=False)
+        elif self._buffered >= self.APPEND_ROWS or (
+            self._buffered and now - self._last_append >= self.APPEND_S
+        ):
+            self._append()
 
-    def _flush(self, *, durable: bool) -> None:
-        """Hand the buffered rows to the history writer; with ``durable``, also wait until every message
-        and file is delivered (the end of an epoch)."""
-        start = time.perf_counter()
+    def _append(self) -> None:
+        """Hand the buffered rows to the history's open segments (written in the background)."""
         for key in set(self._raw) | set(self._rows):
-            self.history.write(key[0], key[1], self._raw.get(key, []), self._rows.get(key))  # type: ignore[arg-type]
+            self.history.append(key[0], key[1], self._raw.get(key, []), self._rows.get(key))  # type: ignore[arg-type]
         self._raw.clear()
         self._rows.clear()
         self._buffered = 0
-        self._last_flush = time.monotonic()
+        self._last_append = time.monotonic()
+
+    def _flush(self, *, durable: bool) -> None:
+        """Commit the history's segments (every row so far on disk, in its final file); with ``durable``,
+        also wait until every message is delivered (the end of an epoch)."""
+        start = time.perf_counter()
+        self._append()
         if durable:
             self.enriched.flush()
-            self.history.wait()
+        self.history.commit()
+        self._last_commit = time.monotonic()
         metrics.BATCH_SECONDS.labels("enrich_flush").observe(time.perf_counter() - start)
 
     def snapshot(self) -> None:

@@ -8,6 +8,13 @@ Replays (bytewax output is at-least-once) never duplicate rows: the writer knows
 each partition are already on disk (an interval set, rebuilt from the files' offset columns at start) and
 writes only the rows whose offsets are new, naming the file after them, so a replayed batch overwrites
 or skips instead of adding.
+
+Two ways to write. ``write`` puts each call's rows in files of their own. ``append`` + ``commit`` build
+one file per partition and hour out of many calls: every ``append`` is compressed and written as a row
+group of an open segment (a hidden ``.tmp`` file) by the background thread as it comes, and ``commit``
+writes the footers and renames the segments into place — so the end of an epoch waits for the last
+appended rows only, not for the epoch's whole history. A segment is invisible to readers (and to the
+offset index rebuilt at start) until it is committed; one left by a crash is removed at start.
 """
 
 from __future__ import annotations
@@ -15,9 +22,11 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+import uuid
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -98,6 +107,33 @@ HistoryKind = Literal["raw", "enriched"]
 _HOUR_MS = 3_600_000
 
 
+@dataclass
+class _Segment:
+    """An open file of one partition and hour: row groups go in as they are appended (by the background
+    thread, in hand-over order); ``lo``/``hi`` are its offsets so far (the file is named after them)."""
+
+    folder: Path
+    topic: str
+    partition: int
+    tmp: Path
+    schema: pa.Schema
+    lo: int
+    hi: int
+    writer: pq.ParquetWriter | None = None
+
+    def append(self, part: pa.Table) -> None:
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
+        self.writer.write_table(part)
+
+    def commit(self) -> Path:
+        target = self.folder / f"{self.topic}-p{self.partition}-{self.lo:012d}-{self.hi:012d}.parquet"
+        if self.writer is not None:
+            self.writer.close()
+            os.replace(self.tmp, target)
+        return target
+
+
 class HistoryWriter:
     """With ``background``, files are compressed and written by one thread of their own (pyarrow releases
     the GIL while it compresses and writes), overlapping the flow's work; ``wait()`` returns once every
@@ -109,6 +145,7 @@ class HistoryWriter:
         self._written: dict[tuple[str, str, int], Intervals] = {}
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="history") if background else None
         self._pending: list[Future[None]] = []
+        self._open: dict[tuple[str, str, int, int], _Segment] = {}  # (kind, topic, partition, hour)
 
     def wait(self) -> None:
         pending, self._pending = self._pending, []
@@ -116,9 +153,15 @@ class HistoryWriter:
             f.result()
 
     def close(self) -> None:
-        self.wait()
+        self.commit()
         if self._pool is not None:
             self._pool.shutdown()
+
+    def _run(self, fn: Callable[[], object]) -> None:
+        if self._pool is None:
+            fn()
+        else:
+            self._pending.append(self._pool.submit(fn))  # type: ignore[arg-type]
 
     @staticmethod
     def _store(part: pa.Table, target: Path) -> None:
@@ -126,11 +169,24 @@ class HistoryWriter:
         pq.write_table(part, tmp, compression="zstd")
         os.replace(tmp, target)
 
+    def commit(self) -> list[Path]:
+        """Close every open segment into its final file and wait until everything handed over is on disk
+        (raises the first write error). Returns the files committed."""
+        segments, self._open = list(self._open.values()), {}
+        for seg in segments:
+            self._run(seg.commit)
+        self.wait()
+        return [seg.folder / f"{seg.topic}-p{seg.partition}-{seg.lo:012d}-{seg.hi:012d}.parquet"
+                for seg in segments]  # fmt: skip
+
     def _index(self, kind: str, topic: str, partition: int) -> Intervals:
         key = (kind, topic, partition)
         found = self._written.get(key)
         if found is None:
             found = self._written[key] = Intervals()
+            # segments a crashed writer of this partition left: never committed, none of their rows counts
+            for tmp in (self.root / kind).glob(f"date=*/hour=*/.{topic}-p{partition}-*.tmp"):
+                tmp.unlink(missing_ok=True)
             for path in (self.root / kind).glob(f"date=*/hour=*/{topic}-p{partition}-*.parquet"):
                 m = _NAME.match(path.name)
                 if m and m["topic"] == topic and int(m["partition"]) == partition:
@@ -143,8 +199,18 @@ class HistoryWriter:
         index = self._index(kind, topic, partition)
         return index.ends[-1] + 1 if index.ends else None
 
-    def _write(self, kind: str, topic: str, partition: int, table: pa.Table, times: pa.Array) -> list[Path]:
-        """Write the rows of ``table`` whose offsets are not on disk yet, one file per hour of ``times``."""
+    def _write(
+        self,
+        kind: str,
+        topic: str,
+        partition: int,
+        table: pa.Table,
+        times: pa.Array,
+        *,
+        segment: bool = False,
+    ) -> list[Path]:
+        """Write the rows of ``table`` whose offsets are not on disk yet, one file per hour of ``times``
+        (with ``segment``, appended to the open segment of the partition and hour instead)."""
         index = self._index(kind, topic, partition)
         offsets = table.column("offset")
         if index.ends and pc.min(offsets).as_py() <= index.ends[-1]:  # a replay: keep only new offsets
@@ -165,15 +231,21 @@ class HistoryWriter:
             t = dt.datetime.fromtimestamp(hour * 3600, tz=dt.UTC)
             folder = self.root / kind / f"date={t:%Y-%m-%d}" / f"hour={t:%H}"
             folder.mkdir(parents=True, exist_ok=True)
-            target = folder / f"{topic}-p{partition}-{lo:012d}-{hi:012d}.parquet"
-            if self._pool is None:
-                self._store(part, target)
+            if segment:
+                key = (kind, topic, partition, int(hour))
+                seg = self._open.get(key)
+                if seg is None:
+                    tmp = folder / f".{topic}-p{partition}-{uuid.uuid4().hex}.tmp"
+                    seg = self._open[key] = _Segment(folder, topic, partition, tmp, table.schema, lo, hi)
+                seg.lo, seg.hi = min(seg.lo, lo), max(seg.hi, hi)
+                self._run(lambda seg=seg, part=part: seg.append(part))  # type: ignore[misc]
             else:
-                self._pending.append(self._pool.submit(self._store, part, target))
+                target = folder / f"{topic}-p{partition}-{lo:012d}-{hi:012d}.parquet"
+                self._run(lambda part=part, target=target: self._store(part, target))  # type: ignore[misc]
+                written.append(target)
             # Known as written from the hand-over on: a failed write fails wait(), the worker restarts and
             # rebuilds this index from the files on disk.
             index.add_all(offs.to_pylist())
-            written.append(target)
         return written
 
     def write(
@@ -188,6 +260,31 @@ class HistoryWriter:
         """Write the rows of one partition not on disk yet (each file in the date/hour partition of its
         rows: raw by Kafka timestamp, enriched by event time); returns the files written. ``raw_kind`` puts
         the raw records under another folder (``outliers``: the archived outlier topic)."""
+        return self._put(topic, partition, raw, enriched, raw_kind=raw_kind, segment=False)
+
+    def append(
+        self,
+        topic: str,
+        partition: int,
+        raw: Sequence[Record],
+        enriched: EnrichedColumns | None,
+        *,
+        raw_kind: str = "raw",
+    ) -> None:
+        """Add the rows of one partition not on disk yet to its open segments (one per kind and hour); they
+        are on disk, in their final files, once ``commit`` returns."""
+        self._put(topic, partition, raw, enriched, raw_kind=raw_kind, segment=True)
+
+    def _put(
+        self,
+        topic: str,
+        partition: int,
+        raw: Sequence[Record],
+        enriched: EnrichedColumns | None,
+        *,
+        raw_kind: str,
+        segment: bool,
+    ) -> list[Path]:
         written: list[Path] = []
         if raw:
             _t, _p, offsets, keys, values, stamps = zip(*raw, strict=True)
@@ -204,7 +301,7 @@ class HistoryWriter:
                 ],
                 schema=RAW_SCHEMA,
             )
-            written += self._write(raw_kind, topic, partition, table, kafka_ts)
+            written += self._write(raw_kind, topic, partition, table, kafka_ts, segment=segment)
         if enriched is not None and enriched.rows:
             times = pa.array(enriched.ts, pa.int64())
             table = pa.Table.from_arrays(
@@ -218,7 +315,7 @@ class HistoryWriter:
                 ],
                 schema=ENRICHED_SCHEMA,
             )
-            written += self._write("enriched", topic, partition, table, times)
+            written += self._write("enriched", topic, partition, table, times, segment=segment)
         return written
 
 
