@@ -229,7 +229,10 @@ def main() -> None:
             lines.append(
                 f"latency at {r:,.0f} events/s: produce->enriched p50 {latency.pct(e, 0.5):.1f} ms, "
                 f"p99 {latency.pct(e, 0.99):.1f} ms (n={len(e):,}); produce->outlier p50 "
-                f"{latency.pct(o, 0.5):.1f} ms, p99 {latency.pct(o, 0.99):.1f} ms (n={len(o)})"
+                f"{latency.pct(o, 0.5):.1f} ms, p99 {latency.pct(o, 0.99):.1f} ms (n={len(o)}); of which "
+                f"in the flow (created -> enriched produced) p50 {latency.pct(lat['to_join'], 0.5):.1f}, "
+                f"p99 {latency.pct(lat['to_join'], 0.99):.1f} ms, delivery (produced -> consumed) p50 "
+                f"{latency.pct(lat['from_join'], 0.5):.1f}, p99 {latency.pct(lat['from_join'], 0.99):.1f} ms"
             )
             print(lines[-1], flush=True)
     if "idle" not in skip:
