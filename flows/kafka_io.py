@@ -119,7 +119,9 @@ class _BatchPartition(StatefulSourcePartition[Any, int]):
         self._report_lag()
         if self._eof and not self._tail and not self._held:
             raise StopIteration
-        msgs: list[Message] = self._consumer.consume(self._batch_size - len(self._held), 0.001)
+        # Never block: bytewax polls the partitions one after another, so a wait here (even 1 ms) would be
+        # paid by every other partition's records; next_awake paces the polls instead.
+        msgs: list[Message] = self._consumer.consume(self._batch_size - len(self._held), 0)
         batch = self._held
         before = len(batch)
         for msg in msgs:
