@@ -100,13 +100,19 @@ def measure(s: Settings, env: dict[str, str], vehicles: int, seconds: float, tmp
                 raise RuntimeError(f"the worker died: see {tmp}/idle-{vehicles}.log")
             time.sleep(1)
         # Past the idle marker and the last epoch snapshot (with a million vehicles, writing that recovery
-        # snapshot takes a while): wait until two seconds in a row cost under a tenth of a core.
-        settle = time.monotonic() + 600
-        while time.monotonic() < settle:
+        # snapshot takes a while): wait until three 2-second windows in a row each cost under a tenth of a
+        # core. The idle marker comes once the broker has vouched for ENRICH_WATERMARK_IDLE_S of quiet
+        # (connectors.idleness, asked about once a second): until then a quiet window is only a lull.
+        marker = time.monotonic() + float(env.get("ENRICH_WATERMARK_IDLE_S", "10")) + 3
+        while time.monotonic() < marker:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the worker died: see {tmp}/idle-{vehicles}.log")
+            time.sleep(0.5)
+        settle, quiet = time.monotonic() + 600, 0
+        while time.monotonic() < settle and quiet < 3:  # three quiet windows in a row: not a lull
             c, t = cpu_seconds(proc.pid), time.monotonic()
             time.sleep(2)
-            if (cpu_seconds(proc.pid) - c) / (time.monotonic() - t) < 0.1:
-                break
+            quiet = quiet + 1 if (cpu_seconds(proc.pid) - c) / (time.monotonic() - t) < 0.1 else 0
         c0, t0 = cpu_seconds(proc.pid), time.monotonic()
         time.sleep(seconds)
         return (cpu_seconds(proc.pid) - c0) / (time.monotonic() - t0)

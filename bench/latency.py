@@ -148,7 +148,7 @@ def measure(
         (arr - created[eid]) * 1000 for eid, (arr, _p) in enriched.items() if eid in created
     )
     to_join = sorted((p - created[eid]) * 1000 for eid, (_a, p) in enriched.items() if eid in created)
-    from_join = sorted((a - p) * 1000 for _eid, (a, p) in enriched.items())
+    from_join = sorted((a - p) * 1000 for eid, (a, p) in enriched.items() if eid in created)
     lat_outlier = []
     statuses: dict[str, int] = {}
     for doc, _arr in outliers:
