@@ -126,12 +126,19 @@ class _Segment:
             self.writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
         self.writer.write_table(part)
 
-    def commit(self) -> Path:
-        target = self.folder / f"{self.topic}-p{self.partition}-{self.lo:012d}-{self.hi:012d}.parquet"
+    @property
+    def target(self) -> Path:
+        return self.folder / _file_name(self.topic, self.partition, self.lo, self.hi)
+
+    def commit(self) -> None:
         if self.writer is not None:
             self.writer.close()
-            os.replace(self.tmp, target)
-        return target
+            os.replace(self.tmp, self.target)
+
+
+def _file_name(topic: str, partition: int, lo: int, hi: int) -> str:
+    """A history file's name: its partition and offset range (``_NAME`` parses it back)."""
+    return f"{topic}-p{partition}-{lo:012d}-{hi:012d}.parquet"
 
 
 class HistoryWriter:
@@ -176,8 +183,7 @@ class HistoryWriter:
         for seg in segments:
             self._run(seg.commit)
         self.wait()
-        return [seg.folder / f"{seg.topic}-p{seg.partition}-{seg.lo:012d}-{seg.hi:012d}.parquet"
-                for seg in segments]  # fmt: skip
+        return [seg.target for seg in segments]
 
     def _index(self, kind: str, topic: str, partition: int) -> Intervals:
         key = (kind, topic, partition)
@@ -240,7 +246,7 @@ class HistoryWriter:
                 seg.lo, seg.hi = min(seg.lo, lo), max(seg.hi, hi)
                 self._run(lambda seg=seg, part=part: seg.append(part))  # type: ignore[misc]
             else:
-                target = folder / f"{topic}-p{partition}-{lo:012d}-{hi:012d}.parquet"
+                target = folder / _file_name(topic, partition, lo, hi)
                 self._run(lambda part=part, target=target: self._store(part, target))  # type: ignore[misc]
                 written.append(target)
             # Known as written from the hand-over on: a failed write fails wait(), the worker restarts and
