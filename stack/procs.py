@@ -79,6 +79,25 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether ``port`` can be bound on ``host`` right now."""
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_block(size: int, host: str = "127.0.0.1") -> int:
+    """A base port with ``size`` consecutive ports free above it (for layouts of default ports moved)."""
+    for _ in range(50):
+        base = free_port(host)
+        if base + size < 65000 and all(port_free(base + i, host) for i in range(size)):
+            return base
+    raise RuntimeError("no block of free ports")
+
+
 def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
     """Poll ``condition`` until it is true or ``timeout`` seconds pass. Returns its last value."""
     deadline = time.monotonic() + timeout

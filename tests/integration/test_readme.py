@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from enrich.settings import METRICS_PORT_OFFSET, Settings
-from stack.procs import free_port
+from stack.procs import free_port, free_port_block
 from tests.readme_blocks import examples, unmatched
 
 pytestmark = pytest.mark.integration
@@ -35,26 +35,6 @@ def kafka_lib_dir() -> Path:
     if given:
         return Path(given)
     return (REPO / os.environ.get("ENRICH_STATE_DIR", ".stack")).resolve() / "kafka" / "lib"
-
-
-def free_port_block(size: int) -> int:
-    """A base port with ``size`` free ports above it (the example's default metrics ports move there)."""
-    for _ in range(50):
-        base = free_port()
-        if base + size < 65000 and all(_free(base + i) for i in range(size)):
-            return base
-    raise RuntimeError("no block of free ports")
-
-
-def _free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=[f"README.md:{e.line}" for e in EXAMPLES])

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,7 +25,7 @@ from aiosmtpd.controller import Controller
 
 from enrich.settings import Settings, default_metrics_port
 from simulator.run import SimConfig, Simulation
-from stack.procs import free_port, wait_until
+from stack.procs import free_port, free_port_block, port_free, wait_until
 
 pytestmark = pytest.mark.integration
 KINDS = ("flow-snapshot", "flow-enrich", "alerts")
@@ -37,24 +36,11 @@ class Accept:
         return "250 OK"
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def metrics_base() -> int:
     """9464 when the default ports are free here, else a free block with the same layout."""
-    if all(_free(default_metrics_port(k)) for k in KINDS):  # type: ignore[arg-type]
+    if all(port_free(default_metrics_port(k)) for k in KINDS):  # type: ignore[arg-type]
         return 9464
-    for _ in range(50):
-        base = free_port()
-        if base < 64000 and all(_free(base + i) for i in range(4)):
-            return base
-    raise RuntimeError("no free port block")
+    return free_port_block(4)
 
 
 def status(env: dict[str, str], *args: str) -> tuple[int, Any]:
