@@ -31,6 +31,7 @@ from simulator.run import SimConfig, Simulation
 from stack.procs import wait_until
 from stores.history_archive import archive_topic
 from stores.history_sql import EXAMPLES, HistorySQL
+from tests.conftest import settings_for_test
 from tests.integration.api_util import api_process, cleanup, create_key
 from tests.integration.console_util import FleetWriter, artifact, chromium
 from tests.integration.outputs import read_topic
@@ -70,23 +71,7 @@ def live(kafka_bootstrap: str, redis_url: str, tmp_path_factory: pytest.TempPath
 
     tmp = tmp_path_factory.mktemp("console")
     token = f"tc{uuid.uuid4().hex[:8]}"
-    s = Settings(
-        kafka_bootstrap=kafka_bootstrap,
-        redis_url=redis_url,
-        topic_telemetry=f"{token}.telemetry",
-        topic_cdc_prefix=f"{token}.cdc.",
-        topic_enriched=f"{token}.enriched",
-        topic_outliers=f"{token}.outliers",
-        topic_dlq=f"{token}.dlq",
-        telemetry_partitions=2,
-        cdc_partitions=1,
-        stream_partitions=2,
-        snapshot_prefix=f"{token}:snap:",
-        state_prefix=f"{token}:state:",
-        alerts_prefix=f"{token}:alerts:",
-        api_prefix=f"{token}:api:",
-        history_dir=tmp / "history",
-    )
+    s = settings_for_test(kafka_bootstrap, redis_url, token, tmp)
     create_topics(s.kafka_bootstrap, topic_specs(s))
     cfg = SimConfig(
         vehicles=160,
